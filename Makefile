@@ -1,0 +1,26 @@
+# The two set-up commands: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "TorchServe needs Java 17 and 'java' is not on PATH."; \
+	  echo "Install it first: sudo apt-get install openjdk-17-jre-headless (Debian/Ubuntu)"; \
+	  echo "or: brew install openjdk@17 (macOS); then rerun make."; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+demo: setup
+	$(BIN)/python -m scripts.demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf artifacts logs key_file.json model_store/*.mar

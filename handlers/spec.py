@@ -1,0 +1,267 @@
+"""The model spec: one YAML file that says how to rebuild, load and serve a model.
+
+A spec travels inside every archive, so this module is imported both by `mar build` (from the repo)
+and by the TorchServe handler (from the extracted archive). It depends on PyYAML and the standard
+library only.
+
+Example (`model_defs/specs/digits_cnn.yaml`)::
+
+    name: digits_cnn            # archive and TorchServe model name
+    version: "1.0"
+    arch: digits_cnn            # a name from model_defs.list_models()
+    params: {channels: 16}      # keyword arguments for the architecture's constructor
+    weights: ../../artifacts/digits_cnn.pt   # relative to this file, or to the repo root
+    input: {shape: [1, 8, 8], dtype: float32} # one sample, without the batch dimension
+    labels: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    serving: {batch_size: 8, max_batch_delay_ms: 5, min_workers: 1, max_workers: 1,
+              response_timeout_s: 120, device: auto, precision: fp32}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "SpecError",
+    "InputSpec",
+    "ServingSpec",
+    "ModelSpec",
+    "load_spec",
+    "parse_spec",
+    "spec_to_dict",
+    "DTYPES",
+    "DEVICES",
+    "PRECISIONS",
+]
+
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32")
+DEVICES = ("auto", "cpu", "gpu")
+PRECISIONS = ("fp32", "fp16", "bf16")
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accepts
+
+
+class SpecError(ValueError):
+    """A spec file breaks a rule; the message names the file, every offending key and the fix."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]  # one sample, without the batch dimension
+    dtype: str = "float32"  # one of DTYPES
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    batch_size: int = 1  # TorchServe's dynamic batching: requests merged into one forward pass
+    max_batch_delay_ms: int = 5  # how long TorchServe waits to fill a batch
+    min_workers: int = 1
+    max_workers: int = 1
+    response_timeout_s: int = 120  # also bounds the worker's start-up (loading the weights)
+    device: str = "auto"  # auto: the GPU TorchServe assigns if CUDA works, else the CPU
+    precision: str = "fp32"  # the model is cast at load; inputs follow
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    arch: str
+    weights: str  # as written in the file; resolve with ModelSpec.weights_path()
+    input: InputSpec
+    params: dict[str, Any] = field(default_factory=dict)
+    labels: tuple[str, ...] | None = None
+    serving: ServingSpec = field(default_factory=ServingSpec)
+    source: Path | None = None  # the file this spec was read from
+
+    def weights_path(self, repo_root: Path | None = None) -> Path:
+        """Return the weights file: relative to the spec's folder first, then to `repo_root`.
+
+        Raises SpecError naming every place that was tried when none holds the file.
+        """
+        written = Path(self.weights).expanduser()
+        if written.is_absolute():
+            candidates = [written]
+        else:
+            spec_dir = self.source.parent if self.source else Path.cwd()
+            candidates = [spec_dir / written]
+            if repo_root is not None:
+                candidates.append(repo_root / written)
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate.resolve()
+        tried = ", ".join(str(c) for c in candidates)
+        raise SpecError(
+            f"{self.source}: weights {self.weights!r} not found (looked at {tried}). "
+            "Train and save the state_dict there, fix the `weights` path, or pass --weights PATH."
+        )
+
+
+_REQUIRED = ("name", "version", "arch", "weights", "input")
+_OPTIONAL = ("params", "labels", "serving")
+_INPUT_KEYS = ("shape", "dtype")
+_SERVING_KEYS = tuple(f.name for f in fields(ServingSpec))
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read and validate a spec file. Raises SpecError listing every problem in the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file. Pass the path of a YAML spec, "
+                        "for example model_defs/specs/digits_cnn.yaml.") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML ({err}). Fix the syntax and rebuild.") from None
+    return parse_spec(raw, source=path)
+
+
+def parse_spec(raw: Any, *, source: Path | None = None) -> ModelSpec:
+    """Validate an already-parsed spec mapping. Raises SpecError listing every problem."""
+    where = str(source) if source else "spec"
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: a spec is a YAML mapping with keys {', '.join(_REQUIRED)}; "
+                        f"got {type(raw).__name__}.")
+    problems: list[str] = []
+    _check_keys(raw, _REQUIRED, _OPTIONAL, "", problems)
+    name = _check_name(raw.get("name"), problems)
+    version = _check_version(raw.get("version"), problems)
+    arch = _check_string(raw, "arch", problems)
+    weights = _check_string(raw, "weights", problems)
+    params = _check_params(raw.get("params", {}), problems)
+    input_spec = _check_input(raw.get("input"), problems)
+    labels = _check_labels(raw.get("labels"), problems)
+    serving = _check_serving(raw.get("serving", {}), problems)
+    if problems:
+        listing = "\n".join(f"  - {p}" for p in problems)
+        raise SpecError(f"{where}: invalid spec\n{listing}\n"
+                        "See README.md, section 'The spec', for every key with an example.")
+    return ModelSpec(name=name, version=version, arch=arch, weights=weights, input=input_spec,
+                     params=params, labels=labels, serving=serving, source=source)
+
+
+def spec_to_dict(spec: ModelSpec, *, weights: str | None = None) -> dict[str, Any]:
+    """The spec as plain YAML-ready data, optionally with `weights` replaced (for the archive)."""
+    data: dict[str, Any] = {
+        "name": spec.name,
+        "version": spec.version,
+        "arch": spec.arch,
+        "params": dict(spec.params),
+        "weights": weights if weights is not None else spec.weights,
+        "input": {"shape": list(spec.input.shape), "dtype": spec.input.dtype},
+        "serving": {f.name: getattr(spec.serving, f.name) for f in fields(ServingSpec)},
+    }
+    if spec.labels is not None:
+        data["labels"] = list(spec.labels)
+    return data
+
+
+def _check_keys(raw: dict, required, optional, prefix: str, problems: list[str]) -> None:
+    for key in required:
+        if key not in raw:
+            problems.append(f"missing key `{prefix}{key}`: add it (required keys: "
+                            f"{', '.join(prefix + k for k in required)})")
+    allowed = set(required) | set(optional)
+    for key in sorted(set(raw) - allowed, key=str):
+        problems.append(f"unknown key `{prefix}{key}`: remove it or fix its spelling "
+                        f"(allowed: {', '.join(prefix + k for k in (*required, *optional))})")
+
+
+def _check_name(value: Any, problems: list[str]) -> str:
+    if value is not None and not (isinstance(value, str) and _NAME_PATTERN.match(value)):
+        problems.append(f"`name` {value!r} must start with a letter or digit and contain only "
+                        "letters, digits, '_', '-' and '.' (TorchServe's rule), e.g. digits_cnn")
+    return value if isinstance(value, str) else ""
+
+
+def _check_version(value: Any, problems: list[str]) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        problems.append(f"`version` {value!r} must be a string such as \"1.0\"")
+        return ""
+    text = str(value)
+    if not _NAME_PATTERN.match(text):
+        problems.append(f"`version` {text!r} may contain only letters, digits, '_', '-' and '.'")
+    return text
+
+
+def _check_string(raw: dict, key: str, problems: list[str]) -> str:
+    value = raw.get(key)
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        problems.append(f"`{key}` must be a non-empty string, got {value!r}")
+    return value if isinstance(value, str) else ""
+
+
+def _check_params(value: Any, problems: list[str]) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        problems.append(f"`params` must map constructor argument names to values, got {value!r}")
+        return {}
+    return dict(value)
+
+
+def _check_input(value: Any, problems: list[str]) -> InputSpec:
+    fallback = InputSpec(shape=())
+    if value is None:
+        return fallback
+    if not isinstance(value, dict):
+        problems.append(f"`input` must be a mapping with `shape` and `dtype`, got {value!r}")
+        return fallback
+    _check_keys(value, ("shape",), ("dtype",), "input.", problems)
+    shape = value.get("shape")
+    valid_shape = (isinstance(shape, list) and shape
+                   and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
+    if shape is not None and not valid_shape:
+        problems.append(f"`input.shape` {shape!r} must be a list of positive integers without the "
+                        "batch dimension, e.g. [1, 8, 8]")
+    dtype = value.get("dtype", "float32")
+    if dtype not in DTYPES:
+        problems.append(f"`input.dtype` {dtype!r} is not one of {', '.join(DTYPES)}")
+    return InputSpec(shape=tuple(shape) if valid_shape else (), dtype=str(dtype))
+
+
+def _check_labels(value: Any, problems: list[str]) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        problems.append(f"`labels` must be a non-empty list of class names, got {value!r}")
+        return None
+    return tuple(str(label) for label in value)
+
+
+def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
+    if value is None:
+        return ServingSpec()
+    if not isinstance(value, dict):
+        problems.append(f"`serving` must be a mapping, got {value!r}")
+        return ServingSpec()
+    _check_keys(value, (), _SERVING_KEYS, "serving.", problems)
+    settings = {k: v for k, v in value.items() if k in _SERVING_KEYS}
+    for key in ("batch_size", "min_workers", "max_workers", "response_timeout_s"):
+        _check_int(settings, key, minimum=1 if key != "min_workers" else 0, problems=problems)
+    _check_int(settings, "max_batch_delay_ms", minimum=0, problems=problems)
+    if settings.get("device", "auto") not in DEVICES:
+        problems.append(f"`serving.device` {settings['device']!r} is not one of {', '.join(DEVICES)}")
+    if settings.get("precision", "fp32") not in PRECISIONS:
+        problems.append(f"`serving.precision` {settings['precision']!r} is not one of "
+                        f"{', '.join(PRECISIONS)}")
+    serving = ServingSpec(**settings)
+    if serving.min_workers > serving.max_workers:
+        problems.append(f"`serving.min_workers` ({serving.min_workers}) exceeds "
+                        f"`serving.max_workers` ({serving.max_workers}); raise max_workers")
+    return serving
+
+
+def _check_int(settings: dict, key: str, *, minimum: int, problems: list[str]) -> None:
+    if key not in settings:
+        return
+    value = settings[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        problems.append(f"`serving.{key}` {value!r} must be an integer >= {minimum}")
+        settings.pop(key)

@@ -1,0 +1,120 @@
+"""The model registry: architectures registered by name, built from keyword arguments.
+
+    @register_model("mlp", example_input_shape=(16,))
+    class MLP(nn.Module): ...
+
+    model = create_model("mlp", in_features=16, hidden_sizes=[32], out_features=4)
+
+This file travels inside every archive together with the definition files an architecture needs, so
+it imports only the standard library and torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry",
+           "definition_files"]
+
+_PACKAGE = __name__.rsplit(".", 1)[0]  # "model_defs"
+_REGISTRY: dict[str, "ModelEntry"] = {}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]  # an nn.Module class or a function returning one
+    example_input_shape: tuple[int, ...]  # one sample the default parameters accept (for tests)
+
+    @property
+    def module_file(self) -> Path:
+        return Path(inspect.getfile(self.factory)).resolve()
+
+
+def register_model(name: str, *, example_input_shape: tuple[int, ...]):
+    """Decorator: register an nn.Module class (or factory) under `name`."""
+
+    def decorate(factory):
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+            raise ValueError(f"model name {name!r} is registered twice: by "
+                             f"{_REGISTRY[name].factory.__qualname__} and {factory.__qualname__}. "
+                             "Give one of them another name.")
+        _REGISTRY[name] = ModelEntry(name, factory, tuple(example_input_shape))
+        return factory
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """The registered architecture names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for `name`. Raises KeyError listing the known names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown architecture {name!r}; registered: {', '.join(list_models())}. "
+                       f"Fix `arch` in the spec, or register the class with "
+                       f"@register_model({name!r}, ...) in a module under {_PACKAGE}/.") from None
+
+
+def create_model(name: str, **params: Any) -> nn.Module:
+    """Build the architecture `name` with `params` as keyword arguments.
+
+    Raises KeyError for an unknown name and TypeError (naming the accepted arguments) for bad params.
+    """
+    factory = get_entry(name).factory
+    try:
+        return factory(**params)
+    except TypeError as err:
+        accepted = ", ".join(inspect.signature(factory).parameters)
+        raise TypeError(f"cannot build {name!r} with params {params}: {err}. "
+                        f"{name!r} accepts: {accepted}. Fix `params` in the spec.") from None
+
+
+def definition_files(name: str) -> list[Path]:
+    """The files of this package that architecture `name` needs, sorted: the package's
+    __init__.py, this registry, the module defining it, and every package module it imports."""
+    package_dir = Path(__file__).resolve().parent
+    needed = {package_dir / "__init__.py", Path(__file__).resolve()}
+    pending = [get_entry(name).module_file]
+    while pending:
+        path = pending.pop()
+        if path in needed:
+            continue
+        needed.add(path)
+        pending.extend(_package_imports(path, package_dir))
+    return sorted(needed)
+
+
+def _package_imports(path: Path, package_dir: Path) -> list[Path]:
+    """Modules of this package that the file at `path` imports (absolute or relative imports)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # `from .layers import X` or `from . import layers`
+                names = [base] if base else [alias.name for alias in node.names]
+            elif base == _PACKAGE:  # `from model_defs import layers`
+                names = [alias.name for alias in node.names]
+            elif base.startswith(_PACKAGE + "."):
+                names = [base[len(_PACKAGE) + 1:]]
+            else:
+                names = []
+        elif isinstance(node, ast.Import):
+            names = [a.name[len(_PACKAGE) + 1:] for a in node.names if a.name.startswith(_PACKAGE + ".")]
+        else:
+            continue
+        for dotted in names:
+            candidate = package_dir.joinpath(*dotted.split(".")).with_suffix(".py")
+            if candidate.is_file():
+                found.append(candidate)
+    return found

@@ -1,0 +1,177 @@
+"""The `mar` command: build archives and drive TorchServe through its management API.
+
+Every subcommand exits 0 on success and 1 with a one-paragraph reason on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from scripts.config import DEFAULT_CONFIG, read_config
+from scripts.errors import MarError
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (MarError, ValueError, KeyError, TypeError) as err:
+        # SpecError and WeightsError are ValueErrors; registry lookups raise KeyError/TypeError.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"mar {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mar", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = _add(commands, "build", _cmd_build, "validate specs and weights, then write .mar archives")
+    build.add_argument("specs", nargs="+", type=Path, metavar="SPEC.yaml")
+    build.add_argument("--weights", type=Path, help="weights file instead of the spec's `weights` "
+                       "(only with one spec)")
+    build.add_argument("--export-path", type=Path,
+                       help="folder the archives are written to (default: the model store named "
+                       "in --config)")
+    _add_config(build)
+
+    serve = _add(commands, "serve", _cmd_serve, "start, stop or query TorchServe")
+    serve.add_argument("action", choices=["start", "stop", "status"])
+    _add_config(serve)
+
+    register = _add(commands, "register", _cmd_register,
+                    "register an archive from the model store through the management API")
+    register.add_argument("archive", type=Path, metavar="ARCHIVE")
+    register.add_argument("--workers", type=int, default=1, help="initial workers")
+    _add_config(register)
+
+    unregister = _add(commands, "unregister", _cmd_unregister, "unregister a model version")
+    unregister.add_argument("name", metavar="NAME")
+    unregister.add_argument("version", nargs="?", metavar="VERSION",
+                            help="default: the default version")
+    _add_config(unregister)
+
+    models = _add(commands, "models", _cmd_models, "list registered models and their workers")
+    models.add_argument("--json", action="store_true", help="print TorchServe's descriptions")
+    _add_config(models)
+
+    predict = _add(commands, "predict", _cmd_predict, "send a JSON request to a model")
+    predict.add_argument("name", metavar="NAME")
+    predict.add_argument("--version", help="default: the default version")
+    predict.add_argument("--input", type=Path, required=True, metavar="FILE.json",
+                         help='request body, e.g. {"inputs": [...]}')
+    _add_config(predict)
+    return parser
+
+
+def _add(commands, name: str, func, help_text: str) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=help_text, description=help_text,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub.set_defaults(func=func)
+    return sub
+
+
+def _add_config(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                     help="TorchServe config.properties naming the server")
+
+
+def _cmd_build(args) -> int:
+    from scripts.build import build_archive
+
+    if args.weights and len(args.specs) > 1:
+        raise MarError(f"--weights applies to one spec, but {len(args.specs)} were given. "
+                       "Build them one at a time, or put each weights path in its spec.")
+    for spec in args.specs:
+        export_path = args.export_path or read_config(args.config).model_store
+        result = build_archive(spec, weights=args.weights, export_path=export_path)
+        print(f"built {result.archive} ({result.archive.stat().st_size / 1e6:.1f} MB): "
+              f"{result.spec.name} {result.spec.version}, arch {result.spec.arch}, "
+              f"{result.parameters:,} parameters from {result.weights}, "
+              f"forward pass {list(result.spec.input.shape)} -> {list(result.output_shape)[1:]}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from scripts.client import TorchServeClient
+    from scripts.server import start_server, stop_server
+
+    config = read_config(args.config)
+    if args.action == "start":
+        start_server(config)
+        print(f"TorchServe is healthy: inference {config.inference_url}, management "
+              f"{config.management_url}, model store {config.model_store}")
+    elif args.action == "stop":
+        stop_server(config)
+        print(f"TorchServe for {config.path} stopped")
+    else:
+        status = TorchServeClient(config).ping_status()
+        print(f"TorchServe at {config.inference_url}: {status or 'not running'}")
+        return 0 if status == "Healthy" else 1
+    return 0
+
+
+def _cmd_register(args) -> int:
+    from scripts.manage import register_archive
+
+    info = register_archive(read_config(args.config), args.archive, workers=args.workers)
+    print(f"registered {info.name} {info.version} with {args.workers} worker(s)")
+    return 0
+
+
+def _cmd_unregister(args) -> int:
+    from scripts.client import TorchServeClient
+
+    response = TorchServeClient(read_config(args.config)).unregister(args.name, args.version)
+    if response.status != 200:
+        raise MarError(f"could not unregister {args.name} {args.version or ''}(HTTP "
+                       f"{response.status}): {response.message}. `mar models` lists what is registered.")
+    print(response.message)
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from scripts.client import TorchServeClient
+
+    client = TorchServeClient(read_config(args.config))
+    described = [v for m in client.list_models() for v in client.describe(m["modelName"])]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    rows = [("NAME", "VERSION", "DEFAULT", "WORKERS", "BATCH", "DELAY_MS")]
+    for model in described:
+        workers = model.get("workers", [])
+        ready = sum(1 for w in workers if w.get("status") == "READY")
+        rows.append((model["modelName"], model["modelVersion"], "yes" if model.get("isDefault") else "",
+                     f"{ready}/{len(workers)} ready", str(model.get("batchSize")),
+                     str(model.get("maxBatchDelay"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from scripts.client import TorchServeClient
+
+    try:
+        body = args.input.read_bytes()
+    except FileNotFoundError:
+        raise MarError(f"no input file {args.input}. Write the request body there, "
+                       'e.g. {"inputs": [[...]]}.') from None
+    response = TorchServeClient(read_config(args.config)).predict(args.name, body, version=args.version)
+    if response.status != 200:
+        raise MarError(f"{args.name} answered HTTP {response.status}: {response.message}")
+    print(response.body.decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

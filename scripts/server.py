@@ -1,0 +1,60 @@
+"""Start and stop the TorchServe that a config.properties file describes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+from scripts.client import TorchServeClient
+from scripts.config import ServerConfig
+from scripts.errors import MarError
+
+__all__ = ["start_server", "stop_server"]
+
+
+def start_server(config: ServerConfig, *, timeout_s: float = 120.0) -> None:
+    """`torchserve --start` in the config's folder, then wait until `/ping` answers Healthy."""
+    client = TorchServeClient(config)
+    if client.ping_status() is not None:
+        raise MarError(f"a server already answers at {config.inference_url}. "
+                       "Stop it first (`mar serve stop`) or use another --config.")
+    if not config.model_store.is_dir():
+        config.model_store.mkdir(parents=True)
+    config.key_file.unlink(missing_ok=True)  # a stale file would hold last run's tokens
+    _torchserve("--start", "--ts-config", str(config.path), "--ncs", cwd=config.workdir)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if config.key_file.exists() and client.ping_status() == "Healthy":
+            return
+        time.sleep(0.3)
+    raise MarError(f"TorchServe did not become healthy at {config.inference_url} within "
+                   f"{timeout_s:.0f} s. Read {config.workdir / 'logs' / 'ts_log.log'} for the cause "
+                   "(a port already in use, or Java missing).")
+
+
+def stop_server(config: ServerConfig, *, timeout_s: float = 60.0) -> None:
+    """`torchserve --stop`, then wait until the inference port stops answering."""
+    _torchserve("--stop", cwd=config.workdir)
+    client = TorchServeClient(config)
+    deadline = time.monotonic() + timeout_s
+    while client.ping_status() is not None:
+        if time.monotonic() > deadline:
+            raise MarError(f"TorchServe still answers at {config.inference_url} {timeout_s:.0f} s "
+                           "after --stop. Was it started with another TMPDIR? Stop that process.")
+        time.sleep(0.3)
+
+
+def _torchserve(*args: str, cwd) -> None:
+    if shutil.which("java") is None:
+        raise MarError("TorchServe's frontend needs Java 17 and `java` is not on PATH. Install it, "
+                       "e.g. `sudo apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or "
+                       "`brew install openjdk@17` (macOS), then retry.")
+    if shutil.which("torchserve") is None:
+        raise MarError("`torchserve` is not on PATH. Run `make setup` and activate the virtual "
+                       "environment (`source .venv/bin/activate`), or call .venv/bin/mar.")
+    result = subprocess.run(["torchserve", *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=120)
+    if result.returncode != 0:
+        raise MarError(f"torchserve {' '.join(args)} failed with exit code {result.returncode}: "
+                       f"{(result.stdout + result.stderr).strip()[-2000:]}")
