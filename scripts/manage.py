@@ -69,18 +69,19 @@ def register_archive(config: ServerConfig, archive: Path, *, workers: int) -> Ar
 
 
 def worker_error(log_text: str, info: ArchiveInfo) -> str:
-    """The last traceback a worker of this model printed, without the log prefixes."""
-    lines = []
-    for match in _LOG_LINE.finditer(log_text):
-        if match["model"] == info.name and match["version"] == info.version:
-            lines.append(match["text"])
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
-    if not starts:
-        return "\n".join(lines[-20:]) or "(the model log holds no output from the worker)"
-    block = lines[starts[-1]:]
-    end = next((i for i, line in enumerate(block) if i and not line.startswith((" ", "Traceback"))
-                and ":" in line), len(block) - 1)
-    return "\n".join(block[:end + 1])
+    """The first traceback a worker of this model printed in `log_text`, without log prefixes.
+
+    The first one is the load failure; TorchServe's worker then prints a second, generic one
+    ("500 - Unknown exception") after "Backend worker process died.".
+    """
+    lines = [m["text"] for m in _LOG_LINE.finditer(log_text)
+             if m["model"] == info.name and m["version"] == info.version]
+    start = next((i for i, line in enumerate(lines) if line.startswith("Traceback")), None)
+    if start is None:
+        return "\n".join(lines[-20:]) or "(the model log holds no output from this model's worker)"
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i].startswith(("Traceback", "Backend worker process died"))), len(lines))
+    return "\n".join(lines[start:end])
 
 
 def _is_registered(client: TorchServeClient, info: ArchiveInfo) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 from scripts.client import TorchServeClient
 from scripts.config import ServerConfig
@@ -45,16 +47,27 @@ def stop_server(config: ServerConfig, *, timeout_s: float = 60.0) -> None:
         time.sleep(0.3)
 
 
+def _torchserve_executable() -> str:
+    """The torchserve beside this Python (so its workers run in the same environment), else PATH's."""
+    beside = Path(sys.executable).parent / "torchserve"
+    found = str(beside) if beside.exists() else shutil.which("torchserve")
+    if found is None:
+        raise MarError("`torchserve` is not installed in this environment. Run `make setup` and "
+                       "use .venv/bin/mar (or `source .venv/bin/activate`).")
+    return found
+
+
 def _torchserve(*args: str, cwd) -> None:
     if shutil.which("java") is None:
         raise MarError("TorchServe's frontend needs Java 17 and `java` is not on PATH. Install it, "
                        "e.g. `sudo apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or "
                        "`brew install openjdk@17` (macOS), then retry.")
-    if shutil.which("torchserve") is None:
-        raise MarError("`torchserve` is not on PATH. Run `make setup` and activate the virtual "
-                       "environment (`source .venv/bin/activate`), or call .venv/bin/mar.")
-    result = subprocess.run(["torchserve", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=120)
-    if result.returncode != 0:
-        raise MarError(f"torchserve {' '.join(args)} failed with exit code {result.returncode}: "
-                       f"{(result.stdout + result.stderr).strip()[-2000:]}")
+    # The Java server inherits stdout/stderr: send them to a file, not a pipe that never closes.
+    output = cwd / "logs" / "torchserve_cli.log"
+    output.parent.mkdir(exist_ok=True)
+    with output.open("w") as sink:
+        code = subprocess.call([_torchserve_executable(), *args], cwd=cwd, stdout=sink,
+                               stderr=subprocess.STDOUT, timeout=120)
+    if code != 0:
+        raise MarError(f"torchserve {' '.join(args)} failed with exit code {code}: "
+                       f"{output.read_text().strip()[-2000:]}")
