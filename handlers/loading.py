@@ -52,6 +52,7 @@ def build_model(spec: ModelSpec, weights_path: Path, *, device: torch.device) ->
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Load a checkpoint without executing code, unwrap it and strip training prefixes."""
+    _check_checkpoint_format(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -65,8 +66,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         raise WeightsError(f"{path} is not a readable PyTorch checkpoint ({err}). "
                            "Point `weights` at a file written by torch.save(state_dict).") from None
     state_dict = _unwrap(loaded, path)
-    for prefix in _PREFIXES:
-        consume_prefix_in_state_dict_if_present(state_dict, prefix)
+    _strip_prefixes(state_dict)
     return state_dict
 
 
@@ -136,6 +136,26 @@ def example_input(spec: ModelSpec, batch_size: int, *, device: torch.device) -> 
     else:
         sample = torch.randint(0, 2, shape, generator=generator, dtype=dtype)
     return sample.to(device)
+
+
+def _check_checkpoint_format(path: Path) -> None:
+    """torch.save writes a zip (or, before PyTorch 1.6, a raw pickle stream starting with 0x80)."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint (it starts with {head!r}). "
+                           "Point `weights` at a file written by torch.save(model.state_dict()).")
+
+
+def _strip_prefixes(state_dict: dict[str, Tensor]) -> None:
+    """Remove wrapper prefixes shared by every key, in any order and nesting."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if state_dict and all(key.startswith(prefix) for key in state_dict):
+                consume_prefix_in_state_dict_if_present(state_dict, prefix)
+                stripped = True
 
 
 def _unwrap(loaded: object, path: Path) -> dict[str, Tensor]:

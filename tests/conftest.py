@@ -1,0 +1,60 @@
+"""Shared fixtures: specs and weights written to temporary folders, and the `mar` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from model_defs import create_model
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DIGITS_SPEC = REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml"
+MAR = Path(sys.executable).parent / "mar"
+
+
+def digits_spec_data(**overrides) -> dict:
+    """The bundled digits spec as data, with top-level keys replaced by `overrides`."""
+    data = yaml.safe_load(DIGITS_SPEC.read_text())
+    data.update(overrides)
+    return data
+
+
+def write_spec(folder: Path, data: dict, name: str = "spec.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> Path:
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def digits_model() -> torch.nn.Module:
+    """A digits CNN with the bundled spec's params and seeded random weights."""
+    torch.manual_seed(0)
+    return create_model("digits_cnn", **digits_spec_data()["params"]).eval()
+
+
+@pytest.fixture
+def digits_spec(tmp_path, digits_model) -> Path:
+    """A spec file for `digits_model`, its weights beside it."""
+    save_weights(digits_model, tmp_path / "digits.pt")
+    return write_spec(tmp_path, digits_spec_data(weights="digits.pt"))
+
+
+def run_mar(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed `mar` command as a user would."""
+    result = subprocess.run([str(MAR), *map(str, args)], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mar {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
