@@ -1,0 +1,108 @@
+"""The whole path against a real TorchServe: build, register, predict, unregister."""
+
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from scripts.client import TorchServeClient
+from tests.conftest import digits_spec_data, save_weights, write_spec
+
+
+def _predict(client: TorchServeClient, inputs) -> tuple[int, dict]:
+    response = client.predict("digits_cnn", json.dumps({"inputs": inputs}).encode())
+    return response.status, response.json()
+
+
+def test_build_register_predict_unregister(torchserve, digits_spec, digits_model, tmp_path):
+    built = torchserve.mar("build", digits_spec)  # default export path: the server's model store
+    archive = torchserve.config.model_store / "digits_cnn.mar"
+    assert str(archive) in built.stdout and archive.is_file()
+    torchserve.mar("register", archive, "--workers", "1")
+    table = torchserve.mar("models").stdout
+    assert "digits_cnn" in table and "1/1 ready" in table
+
+    client = TorchServeClient(torchserve.config)
+    torch.manual_seed(3)
+    images = torch.rand(5, 1, 8, 8)
+    with torch.inference_mode():
+        expected = digits_model(images)
+    status, many = _predict(client, images.tolist())
+    assert status == 200
+    assert torch.allclose(torch.tensor(many["outputs"]), expected, atol=1e-5)
+    status, one = _predict(client, images[0].tolist())
+    assert status == 200
+    assert torch.allclose(torch.tensor(one["outputs"]), expected[:1], atol=1e-5)
+    assert one["predictions"][0]["label"] == str(int(expected[0].argmax()))
+
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"inputs": images[1].tolist()}))
+    printed = json.loads(torchserve.mar("predict", "digits_cnn", "--input", request).stdout)
+    assert torch.allclose(torch.tensor(printed["outputs"]), expected[1:2], atol=1e-5)
+
+    status, error = _predict(client, [[0.5] * 8] * 8)
+    assert status == 400
+    assert "`inputs` has shape [8, 8]; expected one sample of shape [1, 8, 8]" in error["message"]
+
+    torchserve.mar("unregister", "digits_cnn", "1.0")
+    assert "digits_cnn" not in torchserve.mar("models").stdout
+
+
+def test_malformed_requests_do_not_fail_their_batch(torchserve, digits_spec, digits_model):
+    torchserve.mar("build", digits_spec)
+    torchserve.mar("register", torchserve.config.model_store / "digits_cnn.mar")
+    client = TorchServeClient(torchserve.config)
+    torch.manual_seed(4)
+    images = torch.rand(32, 1, 8, 8)
+    with torch.inference_mode():
+        expected = digits_model(images)
+    bodies = [[1.0, 2.0] if i % 4 == 0 else images[i].tolist() for i in range(32)]
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            answers = list(pool.map(lambda body: _predict(client, body), bodies))
+        worker_ids = {w["id"] for w in torchserve_workers(client)}
+    finally:
+        torchserve.mar("unregister", "digits_cnn")
+    for i, (status, body) in enumerate(answers):
+        if i % 4 == 0:
+            assert status == 400 and "expected one sample of shape [1, 8, 8]" in body["message"]
+        else:
+            assert status == 200, body
+            assert torch.allclose(torch.tensor(body["outputs"]), expected[i:i + 1], atol=1e-5)
+    assert len(worker_ids) == 1  # the worker was never replaced
+
+
+def torchserve_workers(client: TorchServeClient) -> list[dict]:
+    return client.describe("digits_cnn")[0]["workers"]
+
+
+def test_worker_failure_is_reported_and_its_registration_removed(torchserve, tmp_path, digits_model):
+    save_weights(digits_model, tmp_path / "digits.pt")
+    data = digits_spec_data(name="needs_gpu", weights="digits.pt")
+    data["serving"]["device"] = "gpu"
+    torchserve.mar("build", write_spec(tmp_path, data))
+    result = torchserve.mar("register", torchserve.config.model_store / "needs_gpu.mar", check=False)
+    assert result.returncode == 1
+    assert "its worker failed to start, so the registration was removed" in result.stderr
+    assert "RuntimeError: spec asks for serving.device: gpu but" in result.stderr
+    assert "needs_gpu" not in torchserve.mar("models").stdout
+
+
+def test_token_authorization_is_on(torchserve):
+    for url in (torchserve.config.management_url + "/models",
+                torchserve.config.inference_url + "/ping"):
+        try:
+            urllib.request.urlopen(url, timeout=10)
+            status = 200
+        except urllib.error.HTTPError as err:
+            status = err.code
+        assert status == 400  # TorchServe's answer to a missing or wrong token
+
+
+def test_registration_from_a_url_is_refused(torchserve):
+    client = TorchServeClient(torchserve.config)
+    response = client.register("http://127.0.0.1:9/evil.mar", initial_workers=1)
+    assert response.status == 404
+    assert "does not match any allowed URL" in response.message
