@@ -133,7 +133,7 @@ def _cmd_unregister(args) -> int:
     if response.status != 200:
         raise MarError(f"could not unregister {args.name} {args.version or ''}(HTTP "
                        f"{response.status}): {response.message}. `mar models` lists what is registered.")
-    print(response.message)
+    print(f"unregistered {args.name} {args.version or '(default version)'}")
     return 0
 
 
@@ -141,7 +141,9 @@ def _cmd_models(args) -> int:
     from scripts.client import TorchServeClient
 
     client = TorchServeClient(read_config(args.config))
-    described = [v for m in client.list_models() for v in client.describe(m["modelName"])]
+    names = [m["modelName"] for m in client.list_models()]
+    defaults = {name: client.describe(name, version=None)[0]["modelVersion"] for name in names}
+    described = [version for name in names for version in client.describe(name)]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
@@ -149,7 +151,7 @@ def _cmd_models(args) -> int:
     for model in described:
         workers = model.get("workers", [])
         ready = sum(1 for w in workers if w.get("status") == "READY")
-        rows.append((model["modelName"], model["modelVersion"], "yes" if model.get("isDefault") else "",
+        rows.append((model["modelName"], model["modelVersion"], "yes" if defaults[model["modelName"]] == model["modelVersion"] else "",
                      f"{ready}/{len(workers)} ready", str(model.get("batchSize")),
                      str(model.get("maxBatchDelay"))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

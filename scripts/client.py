@@ -81,10 +81,13 @@ class TorchServeClient:
             if not token:
                 return models
 
-    def describe(self, name: str, version: str = "all") -> list[dict]:
-        """TorchServe's description of each version of `name` (workers, batch settings, ...)."""
-        response = self._call("GET", f"{self.config.management_url}/models/{quote(name)}/"
-                              f"{quote(version)}", key_kind="management")
+    def describe(self, name: str, version: str | None = "all") -> list[dict]:
+        """TorchServe's description of `version` of `name` ("all" versions; None: the default)."""
+        path = f"/models/{quote(name)}" + (f"/{quote(version)}" if version else "")
+        response = self._call("GET", self.config.management_url + path, key_kind="management")
+        if response.status != 200:
+            raise MarError(f"TorchServe has no model {name} {version or ''}(HTTP {response.status}: "
+                           f"{response.message}). `mar models` lists what is registered.")
         return response.json()
 
     # ---- transport ----
