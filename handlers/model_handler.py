@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from handlers.loading import build_model, example_input, input_dtype, select_device
-from handlers.spec import ModelSpec, load_spec
+from handlers.integrity import load_archive_model
+from handlers.loading import input_dtype
+from handlers.spec import ModelSpec
 
-__all__ = ["ModelHandler", "RequestError", "handle", "SPEC_FILE"]
+__all__ = ["ModelHandler", "RequestError", "handle"]
 
-SPEC_FILE = "spec.yaml"
 logger = logging.getLogger(__name__)
 
 
@@ -46,15 +46,15 @@ class ModelHandler:
         self.model: torch.nn.Module | None = None
 
     def initialize(self, context) -> None:
-        """Rebuild the model from the archive's spec and weights, place it, warm it up."""
+        """Check the archive's build record, load the model on its device, run the golden check
+        (which is also the warm-up at the largest batch), then serve."""
         model_dir = Path(context.system_properties["model_dir"])
-        self.spec = load_spec(model_dir / SPEC_FILE)
-        self.device = select_device(self.spec.serving.device, context.system_properties.get("gpu_id"))
-        self.model = build_model(self.spec, model_dir / self.spec.weights, device=self.device)
-        self._warm_up()
+        loaded = load_archive_model(model_dir, gpu_id=context.system_properties.get("gpu_id"))
+        self.spec, self.model, self.device = loaded.spec, loaded.model, loaded.device
         self.initialized = True
-        logger.info("model %s %s (%s) ready on %s at %s", self.spec.name, self.spec.version,
-                    self.spec.arch, self.device, self.spec.serving.precision)
+        logger.info("model %s %s (%s) ready on %s at %s; golden check max abs error %.3g",
+                    self.spec.name, self.spec.version, self.spec.arch, self.device,
+                    self.spec.serving.precision, loaded.golden_max_error)
 
     def handle(self, data: list[dict], context) -> list[dict]:
         """Answer one TorchServe batch: a response body per request, in order."""
@@ -114,10 +114,6 @@ class ModelHandler:
         best = int(probabilities.argmax())
         return {"label": self.spec.labels[best], "probability": float(probabilities[best]),
                 "probabilities": dict(zip(self.spec.labels, probabilities.tolist()))}
-
-    def _warm_up(self) -> None:
-        """One forward pass at the largest batch, so the first request pays no one-off costs."""
-        self.inference(example_input(self.spec, self.spec.serving.batch_size, device=torch.device("cpu")))
 
     def _contract(self) -> str:
         shape = list(self.spec.input.shape)

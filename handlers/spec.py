@@ -15,6 +15,7 @@ Example (`model_defs/specs/digits_cnn.yaml`)::
     labels: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
     serving: {batch_size: 8, max_batch_delay_ms: 5, min_workers: 1, max_workers: 1,
               response_timeout_s: 120, device: auto, precision: fp32}
+    checkpoint: {use_ema: false, allow_missing: [], ignore_unexpected: []}   # optional
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "SpecError",
     "InputSpec",
     "ServingSpec",
+    "CheckpointSpec",
     "ModelSpec",
     "load_spec",
     "parse_spec",
@@ -67,6 +69,13 @@ class ServingSpec:
 
 
 @dataclass(frozen=True)
+class CheckpointSpec:
+    use_ema: bool = False  # load the EMA weights (`state_dict_ema` or `model_ema`) of the checkpoint
+    allow_missing: tuple[str, ...] = ()  # glob patterns of model keys the checkpoint may lack
+    ignore_unexpected: tuple[str, ...] = ()  # glob patterns of checkpoint keys the model lacks
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     version: str
@@ -76,6 +85,7 @@ class ModelSpec:
     params: dict[str, Any] = field(default_factory=dict)
     labels: tuple[str, ...] | None = None
     serving: ServingSpec = field(default_factory=ServingSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     source: Path | None = None  # the file this spec was read from
 
     def weights_path(self, repo_root: Path | None = None) -> Path:
@@ -102,9 +112,10 @@ class ModelSpec:
 
 
 _REQUIRED = ("name", "version", "arch", "weights", "input")
-_OPTIONAL = ("params", "labels", "serving")
+_OPTIONAL = ("params", "labels", "serving", "checkpoint")
 _INPUT_KEYS = ("shape", "dtype")
 _SERVING_KEYS = tuple(f.name for f in fields(ServingSpec))
+_CHECKPOINT_KEYS = tuple(f.name for f in fields(CheckpointSpec))
 
 
 def load_spec(path: str | Path) -> ModelSpec:
@@ -136,12 +147,14 @@ def parse_spec(raw: Any, *, source: Path | None = None) -> ModelSpec:
     input_spec = _check_input(raw.get("input"), problems)
     labels = _check_labels(raw.get("labels"), problems)
     serving = _check_serving(raw.get("serving", {}), problems)
+    checkpoint = _check_checkpoint(raw.get("checkpoint", {}), problems)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise SpecError(f"{where}: invalid spec\n{listing}\n"
                         "See README.md, section 'The spec', for every key with an example.")
     return ModelSpec(name=name, version=version, arch=arch, weights=weights, input=input_spec,
-                     params=params, labels=labels, serving=serving, source=source)
+                     params=params, labels=labels, serving=serving, checkpoint=checkpoint,
+                     source=source)
 
 
 def spec_to_dict(spec: ModelSpec, *, weights: str | None = None) -> dict[str, Any]:
@@ -154,6 +167,9 @@ def spec_to_dict(spec: ModelSpec, *, weights: str | None = None) -> dict[str, An
         "weights": weights if weights is not None else spec.weights,
         "input": {"shape": list(spec.input.shape), "dtype": spec.input.dtype},
         "serving": {f.name: getattr(spec.serving, f.name) for f in fields(ServingSpec)},
+        "checkpoint": {"use_ema": spec.checkpoint.use_ema,
+                       "allow_missing": list(spec.checkpoint.allow_missing),
+                       "ignore_unexpected": list(spec.checkpoint.ignore_unexpected)},
     }
     if spec.labels is not None:
         data["labels"] = list(spec.labels)
@@ -265,3 +281,24 @@ def _check_int(settings: dict, key: str, *, minimum: int, problems: list[str]) -
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         problems.append(f"`serving.{key}` {value!r} must be an integer >= {minimum}")
         settings.pop(key)
+
+
+def _check_checkpoint(value: Any, problems: list[str]) -> CheckpointSpec:
+    if value is None:
+        return CheckpointSpec()
+    if not isinstance(value, dict):
+        problems.append(f"`checkpoint` must be a mapping, got {value!r}")
+        return CheckpointSpec()
+    _check_keys(value, (), _CHECKPOINT_KEYS, "checkpoint.", problems)
+    use_ema = value.get("use_ema", False)
+    if not isinstance(use_ema, bool):
+        problems.append(f"`checkpoint.use_ema` {use_ema!r} must be true or false")
+    patterns = {}
+    for key in ("allow_missing", "ignore_unexpected"):
+        listed = value.get(key, [])
+        if not (isinstance(listed, list) and all(isinstance(p, str) and p for p in listed)):
+            problems.append(f"`checkpoint.{key}` must be a list of key patterns such as "
+                            f"'classifier.*', got {listed!r}")
+            listed = []
+        patterns[key] = tuple(listed)
+    return CheckpointSpec(use_ema=use_ema is True, **patterns)

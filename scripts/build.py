@@ -1,107 +1,99 @@
-"""`mar build`: validate a spec and its weights, then package a self-contained `.mar`.
+"""`mar build`: validate a spec and its weights, then package a self-contained, reproducible archive.
 
-Validation uses the handler's own loading code (handlers.loading) and runs one forward pass; only a
-model that passes is packaged, so a failed build writes nothing and leaves any existing archive of the
-same name untouched (the new archive replaces it in one atomic rename).
+Validation uses the handler's own loading code (handlers.loading) and runs the golden batch through
+the eval-mode model; only a model that passes is packaged, so a failed build writes nothing and
+leaves any existing archive of the same name untouched (the new one replaces it atomically).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import shutil
-import tempfile
+import hashlib
+import io
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
-from handlers.loading import build_model, example_input
-from handlers.model_handler import SPEC_FILE
+from handlers.integrity import BUILD_INFO_FILE, GOLDEN_FILE, SPEC_FILE, tolerance
+from handlers.loading import LoadedModel, build_model, example_input, sha256_file
 from handlers.spec import ModelSpec, load_spec, spec_to_dict
 from model_defs import definition_files
+from scripts.archive import MANIFEST_NAME, archive_path, manifest_json, write_archive
 from scripts.config import REPO_ROOT
 from scripts.errors import MarError
 
-__all__ = ["BuildResult", "build_archive", "DEFAULT_EXPORT_PATH"]
+__all__ = ["BuildResult", "build_archive", "model_config", "RUNTIME_FILES"]
 
-DEFAULT_EXPORT_PATH = REPO_ROOT / "model_store"
 HANDLER_FILE = REPO_ROOT / "handlers" / "model_handler.py"
 # The handlers package files the handler imports; they travel in every archive.
-RUNTIME_FILES = ("__init__.py", "spec.py", "loading.py")
+RUNTIME_FILES = ("__init__.py", "spec.py", "loading.py", "integrity.py")
 MODEL_CONFIG_FILE = "model-config.yaml"
-_RESERVED_NAMES = {SPEC_FILE, MODEL_CONFIG_FILE, HANDLER_FILE.name, "handlers", "model_defs", "MAR-INF"}
 
 
 @dataclass(frozen=True)
 class BuildResult:
     archive: Path
+    archive_sha256: str | None  # None for the folder format
     spec: ModelSpec
     weights: Path
+    weights_sha256: str
     parameters: int
     output_shape: tuple[int, ...]
+    checkpoint_notes: list[str]
+    let_through_missing: tuple[str, ...]
+    ignored_unexpected: tuple[str, ...]
 
 
-def build_archive(spec_path: str | Path, *, weights: str | Path | None = None,
-                  export_path: str | Path = DEFAULT_EXPORT_PATH) -> BuildResult:
-    """Validate `spec_path` with its weights and write `<export_path>/<name>.mar`.
+def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: str | Path | None = None,
+                  archive_format: str = "mar") -> BuildResult:
+    """Validate `spec_path` with its weights and write `<export_path>/<name>.mar` (or the folder
+    `<export_path>/<name>` for archive_format="folder").
 
-    Raises MarError (or SpecError/WeightsError, both ValueError) with the cause and the fix.
+    Raises MarError, SpecError or WeightsError (both ValueError) with the cause and the fix.
     """
     spec = load_spec(spec_path)
     weights_path = Path(weights).resolve() if weights else spec.weights_path(REPO_ROOT)
     if not weights_path.is_file():
         raise MarError(f"--weights {weights_path} is not a file. Pass the state_dict file.")
-    _check_weights_name(weights_path)
-    parameters, output_shape = validate(spec, weights_path)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hash on the other core while validating
+        weights_digest = pool.submit(sha256_file, weights_path)
+        loaded, golden = validate(spec, weights_path)
+        weights_sha256 = weights_digest.result()
+    members = _members(spec, weights_path, weights_sha256, loaded, golden)
     export_dir = Path(export_path).resolve()
     export_dir.mkdir(parents=True, exist_ok=True)
-    archive = _package(spec, weights_path, export_dir)
-    return BuildResult(archive, spec, weights_path, parameters, output_shape)
+    target = archive_path(export_dir, spec.name, archive_format)
+    write_archive(target, members, archive_format=archive_format)
+    return BuildResult(
+        archive=target, archive_sha256=sha256_file(target) if archive_format == "mar" else None,
+        spec=spec, weights=weights_path, weights_sha256=weights_sha256,
+        parameters=sum(p.numel() for p in loaded.model.parameters()),
+        output_shape=tuple(golden["outputs"].shape), checkpoint_notes=loaded.checkpoint_notes,
+        let_through_missing=loaded.plan.let_through_missing,
+        ignored_unexpected=loaded.plan.ignored_unexpected)
 
 
-def validate(spec: ModelSpec, weights_path: Path) -> tuple[int, tuple[int, ...]]:
-    """Load the weights exactly as the handler will and run one forward pass on the CPU.
-
-    Returns the parameter count and the output shape for a batch of one.
-    """
-    model = build_model(spec, weights_path, device=torch.device("cpu"))
-    batch = example_input(spec, 1, device=torch.device("cpu"))
+def validate(spec: ModelSpec, weights_path: Path) -> tuple[LoadedModel, dict]:
+    """Load the weights exactly as the handler will, then run the golden batch (seeded, the spec's
+    largest batch) on the CPU. Returns the loaded model and the golden record."""
+    loaded = build_model(spec, weights_path, device=torch.device("cpu"))
+    inputs = example_input(spec, spec.serving.batch_size, device=torch.device("cpu"))
     try:
         with torch.inference_mode():
-            output = model(batch)
+            outputs = loaded.model(inputs)
     except Exception as err:  # noqa: BLE001 - any failure here is the model's, reported whole
-        raise MarError(f"{spec.source}: forward pass on an input of shape {list(batch.shape)} "
+        raise MarError(f"{spec.source}: forward pass on an input of shape {list(inputs.shape)} "
                        f"({spec.input.dtype}) failed: {type(err).__name__}: {err}. Check "
                        "`input.shape` (without the batch dimension) and `params`.") from None
-    if not isinstance(output, torch.Tensor):
-        raise MarError(f"{spec.source}: the model returned {type(output).__name__}; the handler "
+    if not isinstance(outputs, torch.Tensor):
+        raise MarError(f"{spec.source}: the model returned {type(outputs).__name__}; the handler "
                        "serves models whose forward() returns one tensor.")
-    return sum(p.numel() for p in model.parameters()), tuple(output.shape)
-
-
-def _package(spec: ModelSpec, weights_path: Path, export_dir: Path) -> Path:
-    from model_archiver import ModelArchiver, ModelArchiverConfig
-
-    # The staging folder sits in the export folder so the final rename is atomic.
-    with tempfile.TemporaryDirectory(prefix=".mar-build-", dir=export_dir) as staging:
-        staging = Path(staging)
-        extra = _stage_sources(spec, weights_path, staging / "extra")
-        config_file = staging / MODEL_CONFIG_FILE
-        config_file.write_text(yaml.safe_dump(model_config(spec), sort_keys=False))
-        out = staging / "out"
-        out.mkdir()
-        with _private_tempdir(staging / "tmp"), _quiet_archiver():
-            ModelArchiver.generate_model_archive(ModelArchiverConfig(
-                model_name=spec.name, version=spec.version, handler=str(HANDLER_FILE),
-                serialized_file=str(weights_path), extra_files=str(extra),
-                config_file=str(config_file), export_path=str(out), archive_format="zip-store",
-            ))
-        archive = export_dir / f"{spec.name}.mar"
-        os.replace(out / f"{spec.name}.mar", archive)
-    return archive
+    rtol, atol = tolerance(spec.serving.precision)
+    return loaded, {"inputs": inputs, "outputs": outputs.clone(), "rtol": rtol, "atol": atol}
 
 
 def model_config(spec: ModelSpec) -> dict:
@@ -120,47 +112,68 @@ def model_config(spec: ModelSpec) -> dict:
     return config
 
 
-def _stage_sources(spec: ModelSpec, weights_path: Path, extra: Path) -> Path:
-    """Copy what the handler imports, plus the archive's spec, into `extra` (the archive root)."""
-    (extra / "handlers").mkdir(parents=True)
+def _members(spec: ModelSpec, weights_path: Path, weights_sha256: str, loaded: LoadedModel,
+             golden: dict) -> dict[str, Path | bytes]:
+    """Every file of the archive (name -> source), the build record last since it hashes the rest."""
+    members: dict[str, Path | bytes] = {HANDLER_FILE.name: HANDLER_FILE}
     for name in RUNTIME_FILES:
-        shutil.copy2(HANDLER_FILE.parent / name, extra / "handlers" / name)
+        members[f"handlers/{name}"] = HANDLER_FILE.parent / name
     package_dir = REPO_ROOT / "model_defs"
     for source in definition_files(spec.arch):
-        target = extra / "model_defs" / source.relative_to(package_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-    archived_spec = spec_to_dict(spec, weights=weights_path.name)
-    (extra / SPEC_FILE).write_text(yaml.safe_dump(archived_spec, sort_keys=False))
-    return extra
-
-
-def _check_weights_name(weights_path: Path) -> None:
-    if weights_path.name in _RESERVED_NAMES:
+        members[f"model_defs/{source.relative_to(package_dir).as_posix()}"] = source
+    if weights_path.name in members or weights_path.name in (SPEC_FILE, MODEL_CONFIG_FILE,
+                                                             BUILD_INFO_FILE, GOLDEN_FILE):
         raise MarError(f"weights file name {weights_path.name!r} collides with a file the archive "
-                       f"needs ({', '.join(sorted(_RESERVED_NAMES))}). Rename the weights file.")
+                       "needs. Rename the weights file.")
+    members[SPEC_FILE] = yaml.safe_dump(spec_to_dict(spec, weights=weights_path.name),
+                                        sort_keys=False).encode()
+    members[MODEL_CONFIG_FILE] = yaml.safe_dump(model_config(spec), sort_keys=False).encode()
+    members[GOLDEN_FILE] = _torch_bytes(golden)
+    members[MANIFEST_NAME] = manifest_json(name=spec.name, version=spec.version,
+                                           handler=HANDLER_FILE.name, weights=weights_path.name,
+                                           config_file=MODEL_CONFIG_FILE)
+    record = _build_record(spec, weights_path, weights_sha256, loaded, members)
+    members[BUILD_INFO_FILE] = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    members[weights_path.name] = weights_path
+    return members
 
 
-@contextlib.contextmanager
-def _private_tempdir(path: Path):
-    """torch-model-archiver stages into <tempdir>/<model name>: give each build its own tempdir,
-    so two builds of one model cannot collide and nothing is left behind on failure."""
-    path.mkdir()
-    saved = tempfile.tempdir
-    tempfile.tempdir = str(path)
+def _build_record(spec: ModelSpec, weights_path: Path, weights_sha256: str, loaded: LoadedModel,
+                  members: dict[str, Path | bytes]) -> dict:
+    return {
+        "format": 1,
+        "model": {"name": spec.name, "version": spec.version, "arch": spec.arch},
+        "weights": {"file": weights_path.name, "sha256": weights_sha256,
+                    "bytes": weights_path.stat().st_size},
+        "files": {name: _sha256(source) for name, source in sorted(members.items())},
+        "source": _git_state(),
+        "torch_version": torch.__version__,
+        "checkpoint": {"normalised": loaded.checkpoint_notes,
+                       "let_through_missing": list(loaded.plan.let_through_missing),
+                       "ignored_unexpected": list(loaded.plan.ignored_unexpected)},
+        "golden": {"file": GOLDEN_FILE, "precision": spec.serving.precision,
+                   "batch_size": spec.serving.batch_size},
+    }
+
+
+def _sha256(source: Path | bytes) -> str:
+    return hashlib.sha256(source).hexdigest() if isinstance(source, bytes) else sha256_file(source)
+
+
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _git_state() -> dict | None:
+    """The repo's commit, and whether the packaged sources differ from it; None outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
     try:
-        yield
-    finally:
-        tempfile.tempdir = saved
-
-
-@contextlib.contextmanager
-def _quiet_archiver():
-    """The archiver logs at INFO through the root logger; keep `mar build`'s output ours."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--", "handlers", "model_defs"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"git_commit": commit, "uncommitted_changes": dirty}

@@ -40,7 +40,24 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--export-path", type=Path,
                        help="folder the archives are written to (default: the model store named "
                        "in --config)")
+    build.add_argument("--format", choices=["mar", "folder"], default="mar", dest="archive_format",
+                       help="mar: one zip file; folder: TorchServe's no-archive layout, which it "
+                       "links instead of extracting (fastest start from a shared model store)")
     _add_config(build)
+
+    verify = _add(commands, "verify", _cmd_verify, "re-run an archive's build-record and golden "
+                  "checks from the archive alone, in a fresh process")
+    verify.add_argument("archive", type=Path, metavar="ARCHIVE")
+
+    convert = _add(commands, "convert-legacy", _cmd_convert,
+                   "unpickle a TRUSTED torch.save(model) file once and write a clean state_dict")
+    convert.add_argument("source", type=Path, metavar="LEGACY.pt")
+    convert.add_argument("--arch", required=True, help="registered architecture to check against")
+    convert.add_argument("--params", default="{}", help="constructor params as JSON")
+    convert.add_argument("--out", type=Path, required=True,
+                         help="the clean checkpoint to write (.pt or .safetensors)")
+    convert.add_argument("--trust-this-file", action="store_true",
+                         help="required: unpickling runs any code the file contains")
 
     serve = _add(commands, "serve", _cmd_serve, "start, stop or query TorchServe")
     serve.add_argument("action", choices=["start", "stop", "status"])
@@ -89,13 +106,54 @@ def _cmd_build(args) -> int:
     if args.weights and len(args.specs) > 1:
         raise MarError(f"--weights applies to one spec, but {len(args.specs)} were given. "
                        "Build them one at a time, or put each weights path in its spec.")
+    export_path = args.export_path or read_config(args.config).model_store
     for spec in args.specs:
-        export_path = args.export_path or read_config(args.config).model_store
-        result = build_archive(spec, weights=args.weights, export_path=export_path)
-        print(f"built {result.archive} ({result.archive.stat().st_size / 1e6:.1f} MB): "
-              f"{result.spec.name} {result.spec.version}, arch {result.spec.arch}, "
-              f"{result.parameters:,} parameters from {result.weights}, "
-              f"forward pass {list(result.spec.input.shape)} -> {list(result.output_shape)[1:]}")
+        result = build_archive(spec, weights=args.weights, export_path=export_path,
+                               archive_format=args.archive_format)
+        _print_build(result)
+    return 0
+
+
+def _print_build(result) -> None:
+    spec = result.spec
+    print(f"built {result.archive}: {spec.name} {spec.version}, arch {spec.arch}, "
+          f"{result.parameters:,} parameters")
+    if result.archive_sha256:
+        print(f"  archive sha256 {result.archive_sha256} "
+              f"({result.archive.stat().st_size / 1e6:.1f} MB)")
+    print(f"  weights {result.weights} (sha256 {result.weights_sha256})")
+    for note in result.checkpoint_notes:
+        print(f"  normalised: {note}")
+    if result.let_through_missing:
+        print(f"  let through, missing (checkpoint.allow_missing): "
+              f"{', '.join(result.let_through_missing)}")
+    if result.ignored_unexpected:
+        print(f"  let through, unexpected (checkpoint.ignore_unexpected): "
+              f"{', '.join(result.ignored_unexpected)}")
+    print(f"  golden check recorded: input [{spec.serving.batch_size}, "
+          f"{', '.join(map(str, spec.input.shape))}] -> output {list(result.output_shape)}")
+
+
+def _cmd_verify(args) -> int:
+    from scripts.verify import verify_archive
+
+    result = verify_archive(args.archive)
+    print(result.report, file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _cmd_convert(args) -> int:
+    from scripts.convert import convert_legacy
+
+    try:
+        params = json.loads(args.params)
+    except json.JSONDecodeError as err:
+        raise MarError(f"--params {args.params!r} is not JSON ({err}); e.g. '{{\"channels\": 16}}'"
+                       ) from None
+    count = convert_legacy(args.source, args.out, arch=args.arch, params=params,
+                           trusted=args.trust_this_file)
+    print(f"wrote {args.out}: {count} tensors that load strictly into {args.arch!r}; point the "
+          "spec's `weights` at it")
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from scripts.client import TorchServeClient
 from scripts.config import ServerConfig
 from scripts.errors import MarError
+from scripts.verify import verify_archive
 
 __all__ = ["ArchiveInfo", "read_archive_info", "register_archive", "worker_error"]
 
@@ -30,25 +31,32 @@ class ArchiveInfo:
 
 
 def read_archive_info(archive: Path) -> ArchiveInfo:
-    """The model name and version recorded in an archive's MAR-INF/MANIFEST.json."""
+    """The model name and version in an archive's (or archive folder's) MAR-INF/MANIFEST.json."""
     try:
-        with zipfile.ZipFile(archive) as mar:
-            manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        if archive.is_dir():
+            manifest = json.loads((archive / "MAR-INF" / "MANIFEST.json").read_text())
+        else:
+            with zipfile.ZipFile(archive) as mar:
+                manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
     except FileNotFoundError:
         raise MarError(f"no archive at {archive}. Build it first: `mar build SPEC.yaml`.") from None
-    except (zipfile.BadZipFile, KeyError) as err:
+    except (zipfile.BadZipFile, KeyError, OSError) as err:
         raise MarError(f"{archive} is not a model archive ({err}). Rebuild it with `mar build`.") from None
     return ArchiveInfo(manifest["model"]["modelName"], manifest["model"]["modelVersion"])
 
 
 def register_archive(config: ServerConfig, archive: Path, *, workers: int) -> ArchiveInfo:
-    """Register `archive` (which must be in the server's model store) with `workers` workers.
+    """Verify `archive` offline, then register it (it must be in the server's model store).
 
     On failure, removes the zero-worker registration TorchServe leaves and raises MarError with the
     worker's own error from the model log.
     """
     archive = archive.resolve()
     info = read_archive_info(archive)
+    verdict = verify_archive(archive)
+    if not verdict.ok:
+        raise MarError(f"{archive} failed offline verification, so it was not registered:\n"
+                       f"{verdict.report}")
     store = config.model_store.resolve()
     if archive.parent != store:
         raise MarError(f"{archive} is not in the server's model store {store}; TorchServe loads "

@@ -22,6 +22,7 @@ def test_archive_holds_exactly_what_the_handler_needs(digits_spec, tmp_path):
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
     assert names == {
         "MAR-INF/MANIFEST.json", "model_handler.py", "spec.yaml", "model-config.yaml", "digits.pt",
+        "build-info.json", "golden.pt", "handlers/integrity.py",
         "handlers/__init__.py", "handlers/spec.py", "handlers/loading.py",
         "model_defs/__init__.py", "model_defs/registry.py", "model_defs/digits_cnn.py",
     }

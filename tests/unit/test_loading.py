@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from handlers.loading import (WeightsError, build_model, example_input, input_dtype,
-                              read_state_dict, select_device)
+                              read_checkpoint, select_device)
 from handlers.spec import load_spec
 from model_defs import create_model
 from tests.conftest import digits_spec_data, write_spec
@@ -16,7 +16,7 @@ CPU = torch.device("cpu")
 
 def test_loaded_model_matches_the_trained_one(digits_spec, digits_model):
     spec = load_spec(digits_spec)
-    model = build_model(spec, spec.weights_path(), device=CPU)
+    model = build_model(spec, spec.weights_path(), device=CPU).model
     batch = example_input(spec, 4, device=CPU)
     assert not model.training
     with torch.inference_mode():
@@ -32,7 +32,7 @@ def test_loaded_model_matches_the_trained_one(digits_spec, digits_model):
 ], ids=["plain", "state_dict-wrapper", "model-wrapper", "ddp-prefix", "compile-and-ddp"])
 def test_training_layouts_are_normalised(tmp_path, digits_model, wrap):
     torch.save(wrap(digits_model.state_dict()), tmp_path / "ckpt.pt")
-    loaded = read_state_dict(tmp_path / "ckpt.pt")
+    loaded = read_checkpoint(tmp_path / "ckpt.pt").state_dict
     expected = digits_model.state_dict()
     assert sorted(loaded) == sorted(expected)
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
@@ -62,14 +62,14 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
         "input": {"shape": [4]}}))
     with pytest.raises(WeightsError) as err:
         build_model(spec, spec.weights_path(), device=CPU)
-    assert "missing from the checkpoint (1): layers.3.weight" in str(err.value)
-    assert "unexpected in the checkpoint (1): layers.9.weight" in str(err.value)
+    assert "missing from the checkpoint (1):\n    layers.3.weight" in str(err.value)
+    assert "unexpected in the checkpoint (1):\n    layers.9.weight" in str(err.value)
 
 
 def test_pickled_whole_model_is_refused_without_running_it(tmp_path, digits_model):
     torch.save(digits_model, tmp_path / "whole.pt")
     with pytest.raises(WeightsError) as err:
-        read_state_dict(tmp_path / "whole.pt")
+        read_checkpoint(tmp_path / "whole.pt")
     assert "refused without running it" in str(err.value)
     assert "torch.save(model.state_dict(), path)" in str(err.value)
 
@@ -77,13 +77,13 @@ def test_pickled_whole_model_is_refused_without_running_it(tmp_path, digits_mode
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     with pytest.raises(WeightsError, match="not a readable PyTorch checkpoint"):
-        read_state_dict(tmp_path / "junk.pt")
+        read_checkpoint(tmp_path / "junk.pt")
 
 
 def test_no_state_dict_inside(tmp_path):
     torch.save({"epoch": 3, "config": {"lr": 0.1}}, tmp_path / "meta.pt")
     with pytest.raises(WeightsError, match=r"holds no state_dict \(found: \['config', 'epoch'\]\)"):
-        read_state_dict(tmp_path / "meta.pt")
+        read_checkpoint(tmp_path / "meta.pt")
 
 
 @pytest.mark.parametrize("requested,gpu_id,cuda,expected", [
@@ -115,7 +115,7 @@ def test_bf16_precision_casts_model_and_inputs(tmp_path, digits_model):
     data = digits_spec_data(weights="digits.pt")
     data["serving"]["precision"] = "bf16"
     spec = load_spec(write_spec(tmp_path, data))
-    model = build_model(spec, spec.weights_path(), device=CPU)
+    model = build_model(spec, spec.weights_path(), device=CPU).model
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert input_dtype(spec) == torch.bfloat16
     batch = example_input(spec, 2, device=CPU)
