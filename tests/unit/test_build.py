@@ -62,7 +62,7 @@ def test_forward_failure_is_reported_before_packaging(tmp_path, digits_model):
     spec = write_spec(tmp_path, digits_spec_data(weights="digits.pt", input={"shape": [3, 8, 8]}))
     result = run_mar("build", spec, "--export-path", tmp_path / "store", check=False)
     assert result.returncode == 1
-    assert "forward pass on an input of shape [1, 3, 8, 8] (float32) failed" in result.stderr
+    assert "forward pass on an input of shape [8, 3, 8, 8] (float32) failed" in result.stderr
     assert "Check `input.shape`" in result.stderr
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
 
