@@ -78,9 +78,9 @@ def test_cli_builds_several_specs_and_weights_override(tmp_path, digits_model):
     assert (tmp_path / "two.mar").is_file() and (tmp_path / "three.mar").is_file()
 
 
-def test_cli_reports_spec_errors_in_one_paragraph(tmp_path):
+def test_cli_reports_spec_errors_in_one_paragraph(tmp_path, digits_model):
     spec = write_spec(tmp_path, digits_spec_data(arch="resnet", weights="w.pt"))
-    (tmp_path / "w.pt").write_bytes(torch.zeros(1).numpy().tobytes())
+    save_weights(digits_model, tmp_path / "w.pt")
     result = run_mar("build", spec, "--export-path", tmp_path, check=False)
     assert result.returncode == 1
     assert result.stderr.startswith("mar build: error: unknown architecture 'resnet'; registered: ")
