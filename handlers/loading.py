@@ -227,7 +227,7 @@ def _is_state_dict(value: object) -> bool:
 
 def _unwrap(loaded: object, path: Path, *, use_ema: bool) -> Checkpoint:
     """The state_dict inside a checkpoint: the object itself or one of the usual wrapper keys."""
-    found = sorted(map(str, loaded)) if isinstance(loaded, Mapping) else type(loaded).__name__
+    found = ", ".join(sorted(map(str, loaded))) if isinstance(loaded, Mapping) else type(loaded).__name__
     candidates = _EMA_KEYS if use_ema else _WRAPPER_KEYS
     if not use_ema and _is_state_dict(loaded):
         return Checkpoint(dict(loaded))

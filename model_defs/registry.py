@@ -31,21 +31,24 @@ class ModelEntry:
     name: str
     factory: Callable[..., nn.Module]  # an nn.Module class or a function returning one
     example_input_shape: tuple[int, ...]  # one sample the default parameters accept (for tests)
+    example_input_dtype: str = "float32"
 
     @property
     def module_file(self) -> Path:
         return Path(inspect.getfile(self.factory)).resolve()
 
 
-def register_model(name: str, *, example_input_shape: tuple[int, ...]):
-    """Decorator: register an nn.Module class (or factory) under `name`."""
+def register_model(name: str, *, example_input_shape: tuple[int, ...],
+                   example_input_dtype: str = "float32"):
+    """Decorator: register an nn.Module class (or factory) under `name`. The example input (one
+    sample that the constructor's defaults accept) drives the registry's generated tests."""
 
     def decorate(factory):
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"model name {name!r} is registered twice: by "
                              f"{_REGISTRY[name].factory.__qualname__} and {factory.__qualname__}. "
                              "Give one of them another name.")
-        _REGISTRY[name] = ModelEntry(name, factory, tuple(example_input_shape))
+        _REGISTRY[name] = ModelEntry(name, factory, tuple(example_input_shape), example_input_dtype)
         return factory
 
     return decorate

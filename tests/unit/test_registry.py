@@ -9,10 +9,18 @@ from model_defs import create_model, definition_files, get_entry, list_models
 from model_defs.registry import _package_imports
 
 
+def example_batch(name: str, size: int) -> torch.Tensor:
+    entry = get_entry(name)
+    dtype = getattr(torch, entry.example_input_dtype)
+    if dtype.is_floating_point:
+        return torch.rand(size, *entry.example_input_shape, dtype=dtype)
+    return torch.randint(0, 2, (size, *entry.example_input_shape), dtype=dtype)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_forward_pass(name):
     model = create_model(name).eval()
-    batch = torch.rand(3, *get_entry(name).example_input_shape)
+    batch = example_batch(name, 3)
     with torch.inference_mode():
         output = model(batch)
     assert output.shape[0] == 3
@@ -29,7 +37,7 @@ def test_state_dict_round_trip_gives_identical_outputs(name):
     torch.manual_seed(2)  # a different random init, overwritten by the load
     restored = create_model(name).eval()
     restored.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
-    batch = torch.rand(4, *get_entry(name).example_input_shape)
+    batch = example_batch(name, 4)
     with torch.inference_mode():
         assert torch.equal(original(batch), restored(batch))
 

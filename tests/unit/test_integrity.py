@@ -1,0 +1,113 @@
+"""What is served is what was built: build record, golden check, reproducible archives."""
+
+import hashlib
+import json
+import zipfile
+
+import torch
+
+from tests.conftest import run_mar, save_weights, write_spec, digits_spec_data
+
+
+def _build(spec, store, *extra):
+    return run_mar("build", spec, "--export-path", store, *extra)
+
+
+def test_same_inputs_give_byte_identical_archives(digits_spec, tmp_path):
+    first = _build(digits_spec, tmp_path / "a")
+    second = _build(digits_spec, tmp_path / "b")
+    one, two = (tmp_path / d / "digits_cnn.mar" for d in "ab")
+    assert one.read_bytes() == two.read_bytes()
+    digest = hashlib.sha256(one.read_bytes()).hexdigest()
+    assert f"archive sha256 {digest}" in first.stdout and f"archive sha256 {digest}" in second.stdout
+
+
+def test_build_record_names_every_file_and_the_environment(digits_spec, tmp_path):
+    _build(digits_spec, tmp_path)
+    with zipfile.ZipFile(tmp_path / "digits_cnn.mar") as mar:
+        record = json.loads(mar.read("build-info.json"))
+        weights = mar.read("digits.pt")
+        spec_bytes = mar.read("spec.yaml")
+    assert record["weights"] == {"file": "digits.pt", "bytes": len(weights),
+                                 "sha256": hashlib.sha256(weights).hexdigest()}
+    assert record["files"]["spec.yaml"] == hashlib.sha256(spec_bytes).hexdigest()
+    assert "model_defs/digits_cnn.py" in record["files"] and "handlers/loading.py" in record["files"]
+    assert record["torch_version"] == torch.__version__
+    assert len(record["source"]["git_commit"]) == 40
+    assert record["golden"] == {"file": "golden.pt", "precision": "fp32", "batch_size": 8}
+
+
+def test_verify_passes_on_a_fresh_build(digits_spec, tmp_path):
+    _build(digits_spec, tmp_path)
+    result = run_mar("verify", tmp_path / "digits_cnn.mar")
+    assert "verify: OK: digits_cnn 1.0: build record matches; golden max abs error" in result.stdout
+
+
+def test_tampered_weights_fail_verification(digits_spec, tmp_path):
+    _build(digits_spec, tmp_path)
+    original = tmp_path / "digits_cnn.mar"
+    tampered = tmp_path / "tampered.mar"
+    with zipfile.ZipFile(original) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "digits.pt":
+                state = torch.load(src.open(item), weights_only=True)
+                state["classifier.4.bias"] += 1.0
+                buffer = __import__("io").BytesIO()
+                torch.save(state, buffer)
+                data = buffer.getvalue()
+            dst.writestr(item, data)
+    result = run_mar("verify", tampered, check=False)
+    assert result.returncode == 1
+    assert "verify: FAILED" in result.stderr and "altered after `mar build`" in result.stderr
+
+
+def test_altered_definition_fails_verification(digits_spec, tmp_path):
+    _build(digits_spec, tmp_path, "--format", "folder")
+    definition = tmp_path / "digits_cnn" / "model_defs" / "digits_cnn.py"
+    definition.write_text(definition.read_text().replace("nn.ReLU()", "nn.GELU()", 1))
+    result = run_mar("verify", tmp_path / "digits_cnn", check=False)
+    assert result.returncode == 1
+    assert "model_defs/digits_cnn.py differ from the archive's build record" in result.stderr
+
+
+def test_golden_mismatch_fails_verification(digits_spec, tmp_path):
+    _build(digits_spec, tmp_path, "--format", "folder")
+    folder = tmp_path / "digits_cnn"
+    golden = torch.load(folder / "golden.pt", weights_only=True)
+    golden["outputs"] = golden["outputs"] + 0.01  # as if the model now computed differently
+    torch.save(golden, folder / "golden.pt")
+    record = json.loads((folder / "build-info.json").read_text())
+    record["files"]["golden.pt"] = hashlib.sha256((folder / "golden.pt").read_bytes()).hexdigest()
+    (folder / "build-info.json").write_text(json.dumps(record))
+    result = run_mar("verify", folder, check=False)
+    assert result.returncode == 1
+    assert "golden check failed" in result.stderr and "by up to 0.01" in result.stderr
+
+
+def test_build_prints_what_it_normalised(tmp_path, digits_model):
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in digits_model.state_dict().items()},
+               "epoch": 7}
+    torch.save(wrapped, tmp_path / "ckpt.pt")
+    spec = write_spec(tmp_path, digits_spec_data(weights="ckpt.pt"))
+    printed = _build(spec, tmp_path / "store").stdout
+    assert "normalised: took the state_dict under `state_dict` (ignored: epoch)" in printed
+    assert "normalised: stripped prefix `module.` from 8 keys" in printed
+
+
+def test_convert_legacy_needs_trust_and_writes_a_clean_checkpoint(tmp_path, digits_model):
+    torch.save(digits_model, tmp_path / "legacy.pt")  # the habit this project exists to end
+    out = tmp_path / "clean.safetensors"
+    refused = run_mar("convert-legacy", tmp_path / "legacy.pt", "--arch", "digits_cnn",
+                      "--out", out, check=False)
+    assert refused.returncode == 1 and "pass --trust-this-file" in refused.stderr
+    assert not out.exists()
+    wrong = run_mar("convert-legacy", tmp_path / "legacy.pt", "--arch", "digits_cnn", "--params",
+                    '{"channels": 8}', "--out", out, "--trust-this-file", check=False)
+    assert wrong.returncode == 1 and "do not load strictly into 'digits_cnn'" in wrong.stderr
+    done = run_mar("convert-legacy", tmp_path / "legacy.pt", "--arch", "digits_cnn", "--params",
+                   '{"channels": 16, "hidden": 64}', "--out", out, "--trust-this-file")
+    assert "8 tensors that load strictly into 'digits_cnn'" in done.stdout
+    spec = write_spec(tmp_path, digits_spec_data(weights=out.name))
+    _build(spec, tmp_path / "store")
+    run_mar("verify", tmp_path / "store" / "digits_cnn.mar")
