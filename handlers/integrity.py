@@ -109,6 +109,7 @@ class ArchiveModel:
     model: nn.Module
     device: torch.device
     golden_max_error: float
+    weights_bytes: int
 
 
 def load_archive_model(model_dir: Path, *, gpu_id: int | str | None = None,
@@ -122,7 +123,8 @@ def load_archive_model(model_dir: Path, *, gpu_id: int | str | None = None,
     loaded = build_model(spec, model_dir / info.weights_file, device=device,
                          expected_sha256=info.weights_sha256)
     error = check_golden(loaded.model, model_dir, device)
-    return ArchiveModel(spec, loaded.model, device, error)
+    weights_bytes = (model_dir / info.weights_file).stat().st_size
+    return ArchiveModel(spec, loaded.model, device, error, weights_bytes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,7 @@ class ServingSpec:
     response_timeout_s: int = 120  # also bounds the worker's start-up (loading the weights)
     device: str = "auto"  # auto: the GPU TorchServe assigns if CUDA works, else the CPU
     precision: str = "fp32"  # the model is cast at load; inputs follow
+    cpu_threads: int = 1  # torch threads per worker on the CPU; scale with workers first
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
         return ServingSpec()
     _check_keys(value, (), _SERVING_KEYS, "serving.", problems)
     settings = {k: v for k, v in value.items() if k in _SERVING_KEYS}
-    for key in ("batch_size", "min_workers", "max_workers", "response_timeout_s"):
+    for key in ("batch_size", "min_workers", "max_workers", "response_timeout_s", "cpu_threads"):
         _check_int(settings, key, minimum=1 if key != "min_workers" else 0, problems=problems)
     _check_int(settings, "max_batch_delay_ms", minimum=0, problems=problems)
     if settings.get("device", "auto") not in DEVICES:

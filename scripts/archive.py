@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 __all__ = ["FORMATS", "manifest_json", "write_archive", "archive_path"]
 
@@ -24,7 +25,9 @@ _FIXED_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip entry can hold
 _FIXED_CREATED_ON = "01/01/1980 00:00:00"
 _COPY_CHUNK = 16 << 20
 
-Member = Path | bytes  # a file to copy, or the bytes to write
+# A file to copy, the bytes to write, or a function giving the bytes, called after every other
+# member is written (so a record of the others can be computed while they are written).
+Member = Path | bytes | Callable[[], bytes]
 
 
 def manifest_json(*, name: str, version: str, handler: str, weights: str, config_file: str) -> bytes:
@@ -58,10 +61,17 @@ def write_archive(target: Path, members: dict[str, Member], *, archive_format: s
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _write_order(members: dict[str, Member]) -> list[str]:
+    """Sorted names, deferred (callable) members last: a fixed order, so reproducible bytes."""
+    return sorted(members, key=lambda name: (callable(members[name]), name))
+
+
 def _write_zip(path: Path, members: dict[str, Member]) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name in sorted(members):
+        for name in _write_order(members):
             source = members[name]
+            if callable(source):
+                source = source()
             info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
             info.external_attr = 0o644 << 16
             info.create_system = 3  # unix, so the mode above is honoured
@@ -74,10 +84,12 @@ def _write_zip(path: Path, members: dict[str, Member]) -> None:
 
 
 def _write_folder(path: Path, members: dict[str, Member]) -> None:
-    for name in sorted(members):
+    for name in _write_order(members):
         target = path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         source = members[name]
+        if callable(source):
+            source = source()
         if isinstance(source, bytes):
             target.write_bytes(source)
         else:

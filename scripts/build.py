@@ -14,6 +14,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -22,7 +23,7 @@ from handlers.integrity import BUILD_INFO_FILE, GOLDEN_FILE, SPEC_FILE, toleranc
 from handlers.loading import LoadedModel, build_model, example_input, sha256_file
 from handlers.spec import ModelSpec, load_spec, spec_to_dict
 from model_defs import definition_files
-from scripts.archive import MANIFEST_NAME, archive_path, manifest_json, write_archive
+from scripts.archive import MANIFEST_NAME, Member, archive_path, manifest_json, write_archive
 from scripts.config import REPO_ROOT
 from scripts.errors import MarError
 
@@ -59,15 +60,17 @@ def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: st
     weights_path = Path(weights).resolve() if weights else spec.weights_path(REPO_ROOT)
     if not weights_path.is_file():
         raise MarError(f"--weights {weights_path} is not a file. Pass the state_dict file.")
-    with ThreadPoolExecutor(max_workers=1) as pool:  # hash on the other core while validating
+    export_dir = Path(export_path).resolve()
+    target = archive_path(export_dir, spec.name, archive_format)
+    # The weights are hashed on the other core while they are validated and copied; the build
+    # record that needs the digest is written last.
+    with ThreadPoolExecutor(max_workers=1) as pool:
         weights_digest = pool.submit(sha256_file, weights_path)
         loaded, golden = validate(spec, weights_path)
+        members = _members(spec, weights_path, weights_digest.result, loaded, golden)
+        export_dir.mkdir(parents=True, exist_ok=True)
+        write_archive(target, members, archive_format=archive_format)
         weights_sha256 = weights_digest.result()
-    members = _members(spec, weights_path, weights_sha256, loaded, golden)
-    export_dir = Path(export_path).resolve()
-    export_dir.mkdir(parents=True, exist_ok=True)
-    target = archive_path(export_dir, spec.name, archive_format)
-    write_archive(target, members, archive_format=archive_format)
     return BuildResult(
         archive=target, archive_sha256=sha256_file(target) if archive_format == "mar" else None,
         spec=spec, weights=weights_path, weights_sha256=weights_sha256,
@@ -112,9 +115,10 @@ def model_config(spec: ModelSpec) -> dict:
     return config
 
 
-def _members(spec: ModelSpec, weights_path: Path, weights_sha256: str, loaded: LoadedModel,
-             golden: dict) -> dict[str, Path | bytes]:
-    """Every file of the archive (name -> source), the build record last since it hashes the rest."""
+def _members(spec: ModelSpec, weights_path: Path, weights_sha256: Callable[[], str],
+             loaded: LoadedModel, golden: dict) -> dict[str, Member]:
+    """Every file of the archive (name -> source); the build record is deferred: it needs the
+    weights' digest, which is computed while the rest is written."""
     members: dict[str, Path | bytes] = {HANDLER_FILE.name: HANDLER_FILE}
     for name in RUNTIME_FILES:
         members[f"handlers/{name}"] = HANDLER_FILE.parent / name
@@ -132,20 +136,22 @@ def _members(spec: ModelSpec, weights_path: Path, weights_sha256: str, loaded: L
     members[MANIFEST_NAME] = manifest_json(name=spec.name, version=spec.version,
                                            handler=HANDLER_FILE.name, weights=weights_path.name,
                                            config_file=MODEL_CONFIG_FILE)
-    record = _build_record(spec, weights_path, weights_sha256, loaded, members)
-    members[BUILD_INFO_FILE] = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    files = {name: _sha256(source) for name, source in sorted(members.items())}
     members[weights_path.name] = weights_path
+    members[BUILD_INFO_FILE] = lambda: (json.dumps(
+        _build_record(spec, weights_path, weights_sha256(), loaded, files), indent=2,
+        sort_keys=True) + "\n").encode()
     return members
 
 
 def _build_record(spec: ModelSpec, weights_path: Path, weights_sha256: str, loaded: LoadedModel,
-                  members: dict[str, Path | bytes]) -> dict:
+                  files: dict[str, str]) -> dict:
     return {
         "format": 1,
         "model": {"name": spec.name, "version": spec.version, "arch": spec.arch},
         "weights": {"file": weights_path.name, "sha256": weights_sha256,
                     "bytes": weights_path.stat().st_size},
-        "files": {name: _sha256(source) for name, source in sorted(members.items())},
+        "files": files,
         "source": _git_state(),
         "torch_version": torch.__version__,
         "checkpoint": {"normalised": loaded.checkpoint_notes,

@@ -85,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", type=Path, required=True, metavar="FILE.json",
                          help='request body, e.g. {"inputs": [...]}')
     _add_config(predict)
+    bench = _add(commands, "bench", _cmd_bench, "measure build, cold start, memory and "
+                 "throughput against stock TorchServe on this machine (prints ratios)")
+    bench.add_argument("--size-mb", type=int, default=1024, help="size of the benchmark weights")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    bench.add_argument("--throughput-seconds", type=float, default=20,
+                       help="ab run length per concurrency; 0 skips the throughput part")
+    bench.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    bench.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
     return parser
 
 
@@ -230,6 +238,14 @@ def _cmd_predict(args) -> int:
     if response.status != 200:
         raise MarError(f"{args.name} answered HTTP {response.status}: {response.message}")
     print(response.body.decode())
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from scripts.bench import run_bench
+
+    run_bench(size_mb=args.size_mb, repeats=args.repeats, out=args.out,
+              throughput_s=args.throughput_seconds, concurrency=args.concurrency)
     return 0
 
 

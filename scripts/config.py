@@ -7,13 +7,15 @@ TorchServe runs in the folder that holds its config file: its `key_file.json` (t
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from scripts.errors import MarError
 
-__all__ = ["ServerConfig", "read_config", "REPO_ROOT", "DEFAULT_CONFIG"]
+__all__ = ["ServerConfig", "read_config", "write_private_config", "private_env", "REPO_ROOT",
+           "DEFAULT_CONFIG"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "config.properties"
@@ -79,3 +81,47 @@ def _loopback(address: str) -> str:
     parts = urlsplit(address)
     host = "127.0.0.1" if parts.hostname in (None, "0.0.0.0") else parts.hostname
     return f"{parts.scheme or 'http'}://{host}:{parts.port}"
+
+
+def write_private_config(workdir: Path, *, base: Path = DEFAULT_CONFIG) -> Path:
+    """A copy of `base` for a second server in `workdir`: free ports, its own model store.
+
+    Tests and benchmarks start their TorchServe from this, with `private_env(workdir)`, so they
+    never touch (or stop) a server the user is running.
+    """
+    inference, management, metrics, grpc_inference, grpc_management, worker = _free_ports(6)
+    overrides = {
+        "inference_address": f"http://127.0.0.1:{inference}",
+        "management_address": f"http://127.0.0.1:{management}",
+        "metrics_address": f"http://127.0.0.1:{metrics}",
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+        "initial_worker_port": str(worker),
+        "model_store": str(workdir / "model_store"),
+    }
+    lines = []
+    for line in base.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        lines.append(f"{key}={overrides.pop(key)}" if key in overrides and "=" in line else line)
+    lines += [f"{key}={value}" for key, value in overrides.items()]
+    path = workdir / "config.properties"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def private_env(workdir: Path) -> dict[str, str]:
+    """TMPDIR/TEMP for a private server: TorchServe keeps its pid file and worker sockets in
+    TMPDIR and extracts archives under TEMP."""
+    tmp = workdir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {"TMPDIR": str(tmp), "TEMP": str(tmp)}
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,8 +16,11 @@ from scripts.errors import MarError
 __all__ = ["start_server", "stop_server"]
 
 
-def start_server(config: ServerConfig, *, timeout_s: float = 120.0) -> None:
-    """`torchserve --start` in the config's folder, then wait until `/ping` answers Healthy."""
+def start_server(config: ServerConfig, *, timeout_s: float = 120.0,
+                 env: dict[str, str] | None = None) -> None:
+    """`torchserve --start` in the config's folder, then wait until `/ping` answers Healthy.
+
+    `env` adds variables for the server (a private TMPDIR/TEMP, say)."""
     client = TorchServeClient(config)
     if client.ping_status() is not None:
         raise MarError(f"a server already answers at {config.inference_url}. "
@@ -24,7 +28,7 @@ def start_server(config: ServerConfig, *, timeout_s: float = 120.0) -> None:
     if not config.model_store.is_dir():
         config.model_store.mkdir(parents=True)
     config.key_file.unlink(missing_ok=True)  # a stale file would hold last run's tokens
-    _torchserve("--start", "--ts-config", str(config.path), "--ncs", cwd=config.workdir)
+    _torchserve("--start", "--ts-config", str(config.path), "--ncs", cwd=config.workdir, env=env)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if config.key_file.exists() and client.ping_status() == "Healthy":
@@ -35,9 +39,11 @@ def start_server(config: ServerConfig, *, timeout_s: float = 120.0) -> None:
                    "(a port already in use, or Java missing).")
 
 
-def stop_server(config: ServerConfig, *, timeout_s: float = 60.0) -> None:
-    """`torchserve --stop`, then wait until the inference port stops answering."""
-    _torchserve("--stop", cwd=config.workdir)
+def stop_server(config: ServerConfig, *, timeout_s: float = 60.0,
+                env: dict[str, str] | None = None) -> None:
+    """`torchserve --stop` (with the `env` it was started with), then wait until the inference
+    port stops answering."""
+    _torchserve("--stop", cwd=config.workdir, env=env)
     client = TorchServeClient(config)
     deadline = time.monotonic() + timeout_s
     while client.ping_status() is not None:
@@ -57,7 +63,7 @@ def _torchserve_executable() -> str:
     return found
 
 
-def _torchserve(*args: str, cwd) -> None:
+def _torchserve(*args: str, cwd, env: dict[str, str] | None = None) -> None:
     if shutil.which("java") is None:
         raise MarError("TorchServe's frontend needs Java 17 and `java` is not on PATH. Install it, "
                        "e.g. `sudo apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or "
@@ -67,7 +73,8 @@ def _torchserve(*args: str, cwd) -> None:
     output.parent.mkdir(exist_ok=True)
     with output.open("w") as sink:
         code = subprocess.call([_torchserve_executable(), *args], cwd=cwd, stdout=sink,
-                               stderr=subprocess.STDOUT, timeout=120)
+                               stderr=subprocess.STDOUT, timeout=120,
+                               env={**os.environ, **(env or {})})
     if code != 0:
         raise MarError(f"torchserve {' '.join(args)} failed with exit code {code}: "
                        f"{output.read_text().strip()[-2000:]}")

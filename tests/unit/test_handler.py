@@ -43,7 +43,7 @@ def test_batch_with_a_malformed_request_answers_the_valid_ones(model_dir, digits
     batch = [_request(images[0].tolist()), _request([[1, 2]]), _request(images[1:].tolist()),
              {"body": b"{not json"}, {"body": {"input": []}}]
     context = _context(model_dir, len(batch))
-    responses = handler.handle(batch, context)
+    responses = [json.loads(body) for body in handler.handle(batch, context)]
     with torch.inference_mode():
         expected = digits_model(images)
     assert len(responses) == 5
@@ -51,6 +51,7 @@ def test_batch_with_a_malformed_request_answers_the_valid_ones(model_dir, digits
     assert torch.allclose(torch.tensor(responses[2]["outputs"]), expected[1:], atol=1e-5)
     assert [p["label"] for p in responses[2]["predictions"]] == [str(i) for i in expected[1:].argmax(1).tolist()]
     assert [context.get_response_status(i)[0] for i in range(5)] == [200, 400, 200, 400, 400]
+    assert {context.get_response_content_type(i) for i in range(5)} == {"application/json"}
     assert "`inputs` has shape [1, 2]; expected one sample of shape [1, 8, 8]" in responses[1]["message"]
     assert "dtype float32" in responses[1]["message"]
     assert "request body is not valid JSON" in responses[3]["message"]
@@ -60,7 +61,8 @@ def test_batch_with_a_malformed_request_answers_the_valid_ones(model_dir, digits
 def test_prediction_probabilities_sum_to_one(model_dir):
     handler = ModelHandler()
     handler.initialize(_context(model_dir, 1))
-    response = handler.handle([_request(torch.rand(1, 8, 8).tolist())], _context(model_dir, 1))[0]
+    response = json.loads(handler.handle([_request(torch.rand(1, 8, 8).tolist())],
+                                         _context(model_dir, 1))[0])
     prediction = response["predictions"][0]
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert prediction["probability"] == max(prediction["probabilities"].values())
@@ -83,7 +85,7 @@ out = model_handler.handle([{"body": json.dumps({"inputs": inputs}).encode()}], 
 loaded = sorted({m.__file__ for m in list(sys.modules.values())
                  if getattr(m, "__file__", None) and m.__name__.split(".")[0] in
                  ("model_handler", "handlers", "model_defs", "scripts")})
-print(json.dumps({"outputs": out[0]["outputs"], "inputs": inputs, "files": loaded}))
+print(json.dumps({"outputs": json.loads(out[0])["outputs"], "inputs": inputs, "files": loaded}))
 """
 
 

@@ -1,0 +1,359 @@
+"""`mar bench`: our build and cold start against stock TorchServe, on the same weights, in one run.
+
+- build: `mar build` (validation, golden batch and hashing included) vs torch-model-archiver's default
+  format (and its zip-store format) vs a plain copy of the weights;
+- cold start: from the management API register call to the first successful prediction, on one
+  running TorchServe: our .mar and folder archives vs the stock eager archive (`--model-file` +
+  `--serialized-file`, TorchServe's BaseHandler) vs a no-op handler carrying the same bytes
+  (TorchServe's own floor: extracting the archive and starting a worker);
+- memory: the worker's resident-memory growth while loading (peak minus before), over the weights;
+- throughput: the demo model under `ab` at each concurrency, our handler vs a stock BaseHandler
+  archive vs a no-op handler with the same batching (TorchServe's ceiling on this machine).
+
+The model is an MLP of four square Linear layers sized to --size-mb. Each measurement runs once to
+warm up (page cache, JIT), then --repeats times; the median is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from scripts.build import build_archive
+from scripts.client import TorchServeClient
+from scripts.config import REPO_ROOT, ServerConfig, private_env, read_config, write_private_config
+from scripts.errors import MarError
+from scripts.server import start_server, stop_server
+
+__all__ = ["run_bench"]
+
+ASSETS = Path(__file__).resolve().parent / "bench_assets"
+_MEMORY_LINE = re.compile(r"resident_growth_bytes=(\d+) weights_bytes=(\d+)")
+
+
+def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
+              concurrency: list[int], workdir: Path | None = None) -> dict:
+    """Run every measurement, print the tables, write the JSON to `out`; returns the results."""
+    with tempfile.TemporaryDirectory(prefix="mar-bench-") as scratch:
+        root = Path(workdir or scratch)
+        env = private_env(root)
+        config = read_config(write_private_config(root))
+        config.model_store.mkdir(parents=True, exist_ok=True)
+        model = _make_bench_model(root, size_mb)
+        results = {"machine": _machine(), "size_mb": size_mb, "weights_bytes": model["bytes"],
+                   "repeats": repeats, "build": _bench_builds(model, root, repeats)}
+        _print_build(results)
+        start_server(config, env=env)
+        try:
+            results["cold_start"] = _bench_cold_starts(config, model, root, repeats)
+            _print_cold_start(results)
+            if throughput_s > 0:
+                results["throughput"] = _bench_throughput(config, root, throughput_s, concurrency,
+                                                          repeats)
+                _print_throughput(results)
+        finally:
+            stop_server(config, env=env)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults written to {out}")
+    return results
+
+
+# ---- the model under test ----
+
+def _make_bench_model(root: Path, size_mb: int) -> dict:
+    """An MLP of four width x width Linear layers whose fp32 state_dict is about size_mb."""
+    width = max(64, int(math.sqrt(size_mb * 2**20 / 16)) // 64 * 64)
+    params = {"in_features": width, "hidden_sizes": [width] * 3, "out_features": width}
+    folder = root / "bench_model"
+    folder.mkdir()
+    layers = [torch.nn.Linear(width, width) for _ in range(4)]
+    state = {}
+    for i, layer in enumerate(layers):
+        state[f"layers.{3 * i}.weight"] = layer.weight.detach()
+        state[f"layers.{3 * i}.bias"] = layer.bias.detach()
+    torch.save(state, folder / "weights.pt")
+    spec = {"name": "bench_ours", "version": "1.0", "arch": "mlp", "params": params,
+            "weights": "weights.pt", "input": {"shape": [width]},
+            "serving": {"batch_size": 1, "response_timeout_s": 600}}
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    (folder / "model.py").write_text(_stock_mlp_source(width))
+    return {"folder": folder, "spec": folder / "spec.yaml", "weights": folder / "weights.pt",
+            "width": width, "bytes": (folder / "weights.pt").stat().st_size}
+
+
+def _stock_mlp_source(width: int) -> str:
+    """The same network as a stock `--model-file`: one class, no constructor arguments."""
+    return f'''import torch
+from torch import nn
+
+
+class BenchMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        w = {width}
+        self.layers = nn.Sequential(
+            nn.Linear(w, w), nn.ReLU(), nn.Dropout(0.0),
+            nn.Linear(w, w), nn.ReLU(), nn.Dropout(0.0),
+            nn.Linear(w, w), nn.ReLU(), nn.Dropout(0.0),
+            nn.Linear(w, w))
+
+    def forward(self, x):
+        return self.layers(x)
+'''
+
+
+# ---- build ----
+
+def _bench_builds(model: dict, root: Path, repeats: int) -> dict:
+    variants = {
+        "mar build": lambda out: build_archive(model["spec"], export_path=out),
+        "torch-model-archiver (default)": lambda out: _stock_archive(model, out, "default"),
+        "torch-model-archiver (zip-store)": lambda out: _stock_archive(model, out, "zip-store"),
+        "plain copy of the weights": lambda out: shutil.copyfile(model["weights"], out / "copy.pt"),
+    }
+    return {name: _median_time(lambda: _fresh_dir(root / "builds"), action, repeats)
+            for name, action in variants.items()}
+
+
+def _stock_archive(model: dict, export: Path, archive_format: str, *, name: str = "bench_stock",
+                   handler: Path = ASSETS / "stock_handler.py", model_file: bool = True) -> Path:
+    from model_archiver import ModelArchiver, ModelArchiverConfig
+
+    ModelArchiver.generate_model_archive(ModelArchiverConfig(
+        model_name=name, version="1.0", handler=str(handler),
+        model_file=str(model["folder"] / "model.py") if model_file else None,
+        serialized_file=str(model["weights"]), export_path=str(export),
+        archive_format=archive_format, force=True))
+    return export / f"{name}.mar"
+
+
+def _fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def _median_time(setup, action, repeats: int) -> dict:
+    """Run `action(setup())` once to warm up, then `repeats` times; seconds per run."""
+    times = []
+    for attempt in range(repeats + 1):
+        argument = setup()
+        started = time.perf_counter()
+        action(argument)
+        if attempt:  # the first run warms the page cache
+            times.append(time.perf_counter() - started)
+    return {"median_s": statistics.median(times), "runs_s": times}
+
+
+# ---- cold start ----
+
+def _bench_cold_starts(config: ServerConfig, model: dict, root: Path, repeats: int) -> dict:
+    store = config.model_store
+    build_archive(model["spec"], export_path=store)
+    ours_folder = _spec_copy(model, root, "bench_folder")
+    build_archive(ours_folder, export_path=store, archive_format="folder")
+    _stock_archive(model, store, "default", name="stock_default")
+    _stock_archive(model, store, "zip-store", name="stock_zipstore")
+    _stock_archive(model, store, "zip-store", name="noop_floor", handler=ASSETS / "noop_handler.py",
+                   model_file=False)
+    probe = json.dumps({"inputs": [0.5] * model["width"]}).encode()
+    variants = {
+        "ours (.mar)": ("bench_ours", "bench_ours.mar"),
+        "ours (folder)": ("bench_folder", "bench_folder"),
+        "stock eager (default .mar)": ("stock_default", "stock_default.mar"),
+        "stock eager (zip-store .mar)": ("stock_zipstore", "stock_zipstore.mar"),
+        "TorchServe floor (no-op, zip-store)": ("noop_floor", "noop_floor.mar"),
+    }
+    results = {}
+    for label, (name, url) in variants.items():
+        runs = [_cold_start(config, name, url, probe) for _ in range(repeats + 1)][1:]
+        memory = [r["memory_ratio"] for r in runs if r["memory_ratio"] is not None]
+        results[label] = {"median_s": statistics.median(r["seconds"] for r in runs),
+                          "runs_s": [r["seconds"] for r in runs],
+                          "memory_growth_over_weights": max(memory) if memory else None}
+    return results
+
+
+def _spec_copy(model: dict, root: Path, name: str) -> Path:
+    spec = yaml.safe_load(model["spec"].read_text())
+    spec["name"] = name
+    path = model["folder"] / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _cold_start(config: ServerConfig, name: str, url: str, probe: bytes) -> dict:
+    client = TorchServeClient(config)
+    log_offset = config.model_log.stat().st_size if config.model_log.exists() else 0
+    started = time.perf_counter()
+    response = client.register(url, initial_workers=1)
+    if response.status != 200:
+        raise MarError(f"bench: registering {url} failed (HTTP {response.status}): {response.message}")
+    while (answer := client.predict(name, probe)).status != 200:
+        if time.perf_counter() - started > 600:
+            raise MarError(f"bench: {name} never answered: HTTP {answer.status} {answer.message}")
+        time.sleep(0.01)
+    seconds = time.perf_counter() - started
+    client.unregister(name)
+    time.sleep(0.5)  # let TorchServe delete the extracted copy before the next run
+    return {"seconds": seconds, "memory_ratio": _memory_ratio(config, log_offset)}
+
+
+def _memory_ratio(config: ServerConfig, offset: int) -> float | None:
+    with config.model_log.open("rb") as log:
+        log.seek(offset)
+        found = _MEMORY_LINE.findall(log.read().decode(errors="replace"))
+    return int(found[-1][0]) / int(found[-1][1]) if found else None
+
+
+# ---- throughput ----
+
+def _bench_throughput(config: ServerConfig, root: Path, seconds: float, concurrency: list[int],
+                      rounds: int) -> dict:
+    """Each variant under ab, interleaved round by round (load on a 2-core machine drifts by
+    +-20% over minutes, so variants are compared inside each round); median per variant."""
+    if shutil.which("ab") is None:
+        raise MarError("the throughput benchmark drives the server with ApacheBench (`ab`), which "
+                       "is not installed: `sudo apt-get install apache2-utils`, or pass "
+                       "--throughput-seconds 0 to skip it.")
+    names = _throughput_archives(config, root)
+    body = root / "digit.json"
+    body.write_text(json.dumps({"inputs": [[[0.5] * 8] * 8]}))
+    client = TorchServeClient(config)
+    for name in names.values():
+        response = client.register(f"{name}.mar", initial_workers=1)
+        if response.status != 200:
+            raise MarError(f"bench: registering {name} failed: {response.message}")
+    runs: dict = {str(level): {label: [] for label in names} for level in concurrency}
+    try:
+        for label, name in names.items():
+            _ab(config, name, body, max(concurrency), min(seconds, 3))  # warm-up
+        for _ in range(rounds):
+            for level in concurrency:
+                for label, name in names.items():
+                    runs[str(level)][label].append(_ab(config, name, body, level, seconds))
+    finally:
+        for name in names.values():
+            client.unregister(name)
+    return {level: {label: _median_run(rows) for label, rows in variants.items()}
+            for level, variants in runs.items()}
+
+
+def _median_run(rows: list[dict]) -> dict:
+    middle = sorted(rows, key=lambda row: row["requests_per_s"])[len(rows) // 2]
+    return {**middle, "runs_requests_per_s": [row["requests_per_s"] for row in rows],
+            "failed": sum(row["failed"] for row in rows)}
+
+
+def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, str]:
+    """The demo digits CNN three ways, all with the demo spec's batching (batch 8, delay 5 ms)."""
+    from model_defs import create_model
+
+    folder = root / "throughput"
+    folder.mkdir()
+    spec = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml").read_text())
+    torch.manual_seed(0)
+    model = create_model("digits_cnn", **spec["params"])
+    torch.save(model.state_dict(), folder / "digits.pt")
+    spec.update(name="tp_ours", weights="digits.pt")
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    build_archive(folder / "spec.yaml", export_path=config.model_store)
+    source = (REPO_ROOT / "model_defs" / "digits_cnn.py").read_text()
+    stock_source = "\n".join(line for line in source.splitlines()
+                             if "register_model" not in line)  # one class, default arguments
+    (folder / "model.py").write_text(stock_source)
+    (folder / "model-config.yaml").write_text(yaml.safe_dump(
+        {"minWorkers": 1, "maxWorkers": 1, "batchSize": spec["serving"]["batch_size"],
+         "maxBatchDelay": spec["serving"]["max_batch_delay_ms"]}))
+    stock = {"folder": folder, "weights": folder / "digits.pt"}
+    for name, handler, model_file in (("tp_stock", "stock_handler.py", True),
+                                      ("tp_noop", "noop_handler.py", False)):
+        _stock_archive_with_config(stock, config.model_store, name, ASSETS / handler, model_file,
+                                   folder / "model-config.yaml")
+    return {"ours": "tp_ours", "stock BaseHandler": "tp_stock", "no-op ceiling": "tp_noop"}
+
+
+def _stock_archive_with_config(model: dict, export: Path, name: str, handler: Path,
+                               model_file: bool, config_file: Path) -> None:
+    from model_archiver import ModelArchiver, ModelArchiverConfig
+
+    ModelArchiver.generate_model_archive(ModelArchiverConfig(
+        model_name=name, version="1.0", handler=str(handler),
+        model_file=str(model["folder"] / "model.py") if model_file else None,
+        serialized_file=str(model["weights"]), export_path=str(export),
+        archive_format="zip-store", force=True, config_file=str(config_file)))
+
+
+def _ab(config: ServerConfig, name: str, body: Path, level: int, seconds: float) -> dict:
+    """ApacheBench, as TorchServe's own benchmark drives it (-k keep-alive, POST JSON)."""
+    # -l: response lengths vary (floats), which ab would otherwise count as failures
+    command = ["ab", "-k", "-q", "-l", "-c", str(level), "-t", str(seconds), "-n", "10000000",
+               "-p", str(body), "-T", "application/json",
+               "-H", f"Authorization: Bearer {config.key('inference')}",
+               f"{config.inference_url}/predictions/{name}"]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120).stdout
+    failed = int(_ab_field(output, r"Failed requests:\s+(\d+)") or 0)
+    non_2xx = int(_ab_field(output, r"Non-2xx responses:\s+(\d+)") or 0)
+    return {"requests_per_s": float(_ab_field(output, r"Requests per second:\s+([\d.]+)")),
+            "p50_ms": float(_ab_field(output, r"\n\s+50%\s+(\d+)")),
+            "p99_ms": float(_ab_field(output, r"\n\s+99%\s+(\d+)")),
+            "completed": int(_ab_field(output, r"Complete requests:\s+(\d+)")),
+            "failed": failed + non_2xx}
+
+
+def _ab_field(output: str, pattern: str) -> str | None:
+    match = re.search(pattern, output)
+    if match is None and "Requests per second" not in output:
+        raise MarError(f"bench: ab produced no result:\n{output[-2000:]}")
+    return match.group(1) if match else None
+
+
+# ---- output ----
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def _print_build(results: dict) -> None:
+    build = results["build"]
+    ours = build["mar build"]["median_s"]
+    print(f"\nbuild, {results['weights_bytes'] / 2**30:.2f} GiB fp32 weights "
+          f"(median of {results['repeats']})")
+    for name, timing in build.items():
+        print(f"  {name:<36} {timing['median_s']:7.2f} s   {timing['median_s'] / ours:6.1f}x ours")
+
+
+def _print_cold_start(results: dict) -> None:
+    cold = results["cold_start"]
+    ours = cold["ours (.mar)"]["median_s"]
+    floor = cold["TorchServe floor (no-op, zip-store)"]["median_s"]
+    print("\ncold start: register call -> first successful prediction")
+    for name, timing in cold.items():
+        memory = timing["memory_growth_over_weights"]
+        print(f"  {name:<38} {timing['median_s']:7.2f} s   {timing['median_s'] / ours:5.2f}x ours"
+              f"   {timing['median_s'] / floor:5.2f}x floor"
+              + (f"   memory +{memory:.2f}x weights" if memory is not None else ""))
+
+
+def _print_throughput(results: dict) -> None:
+    print("\nthroughput, demo digits CNN, batch 8, delay 5 ms, 1 worker (ab -k)")
+    for level, variants in results["throughput"].items():
+        ceiling = variants["no-op ceiling"]["requests_per_s"]
+        for name, row in variants.items():
+            print(f"  c={level:<4} {name:<18} {row['requests_per_s']:8.0f} req/s  "
+                  f"p50 {row['p50_ms']:5.0f} ms  p99 {row['p99_ms']:5.0f} ms  "
+                  f"{row['requests_per_s'] / ceiling:5.2f}x ceiling  failed {row['failed']}")
