@@ -11,6 +11,7 @@ from an archive alone in a fresh process:
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from handlers.loading import build_model, sha256_file, select_device
+from handlers.loading import build_model, select_device, sha256_file
 from handlers.spec import ModelSpec, load_spec
 
 __all__ = ["IntegrityError", "BuildInfo", "BUILD_INFO_FILE", "GOLDEN_FILE", "SPEC_FILE",
            "tolerance", "read_build_info", "check_files", "golden_error", "check_golden",
            "load_archive_model", "main"]
+
+logger = logging.getLogger(__name__)
 
 SPEC_FILE = "spec.yaml"
 BUILD_INFO_FILE = "build-info.json"
@@ -50,6 +53,10 @@ class BuildInfo:
     @property
     def weights_sha256(self) -> str:
         return self.data["weights"]["sha256"]
+
+    @property
+    def weights_blake3(self) -> str:
+        return self.data["weights"]["blake3"]
 
     @property
     def files(self) -> dict[str, str]:
@@ -120,11 +127,35 @@ def load_archive_model(model_dir: Path, *, gpu_id: int | str | None = None,
     info = read_build_info(model_dir)
     check_files(model_dir, info)
     device = device or select_device(spec.serving.device, gpu_id)
+    _set_matmul_precision(spec)
     loaded = build_model(spec, model_dir / info.weights_file, device=device,
-                         expected_sha256=info.weights_sha256)
-    error = check_golden(loaded.model, model_dir, device)
+                         expected_blake3=info.weights_blake3)
+    model = loaded.model
+    if spec.serving.compile:
+        model = _compiled_or_eager(model, model_dir, device)
+    error = check_golden(model, model_dir, device)  # also the warm-up, at the largest batch
     weights_bytes = (model_dir / info.weights_file).stat().st_size
-    return ArchiveModel(spec, loaded.model, device, error, weights_bytes)
+    return ArchiveModel(spec, model, device, error, weights_bytes)
+
+
+def _set_matmul_precision(spec: ModelSpec) -> None:
+    """Say explicitly whether fp32 matmuls may use TF32: importing TorchServe's BaseHandler turns
+    it on ("high") for every model in the process, which the golden tolerance would not allow."""
+    torch.set_float32_matmul_precision("high" if spec.serving.tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = spec.serving.tf32
+
+
+def _compiled_or_eager(model: nn.Module, model_dir: Path, device: torch.device) -> nn.Module:
+    """torch.compile, exercised once on the golden batch; the eager model if that fails."""
+    try:
+        compiled = torch.compile(model)
+        golden_error(compiled, model_dir, device)
+        logger.info("serving the torch.compile'd model")
+        return compiled
+    except Exception as err:  # noqa: BLE001 - any compiler failure means: serve eagerly
+        logger.warning("torch.compile failed (%s: %s); serving the eager model",
+                       type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         checked = load_archive_model(model_dir, device=device)
     except (IntegrityError, ValueError, KeyError, TypeError) as err:
         print(f"verify: FAILED: {err}", file=sys.stderr)
+        return 1
+    info = read_build_info(model_dir)
+    if sha256_file(model_dir / info.weights_file) != info.weights_sha256:  # the recorded sha256 too
+        print(f"verify: FAILED: {info.weights_file} does not match its recorded sha256: the archive "
+              "was altered after `mar build`. Rebuild it.", file=sys.stderr)
         return 1
     rtol, atol = tolerance(checked.spec.serving.precision)
     print(f"verify: OK: {checked.spec.name} {checked.spec.version}: build record matches; golden "

@@ -39,6 +39,7 @@ __all__ = [
     "read_checkpoint",
     "match_state_dict",
     "sha256_file",
+    "blake3_file",
     "select_device",
     "model_dtype",
     "input_dtype",
@@ -78,24 +79,24 @@ class LoadedModel:
 
 
 def build_model(spec: ModelSpec, weights_path: Path, *, device: torch.device,
-                expected_sha256: str | None = None) -> LoadedModel:
+                expected_blake3: str | None = None) -> LoadedModel:
     """Construct `spec.arch` with `spec.params`, load the checkpoint strictly (or as the spec's
     `checkpoint` section allows), return it in eval mode on `device` at the spec's precision.
 
-    With `expected_sha256`, the file is hashed while the model is constructed and a mismatch
+    With `expected_blake3`, the file is hashed while the model is constructed and a mismatch
     raises WeightsError before any weight is used. Raises WeightsError, KeyError or TypeError.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(sha256_file, weights_path) if expected_sha256 else None
+        digest = pool.submit(blake3_file, weights_path) if expected_blake3 else None
         checkpoint = read_checkpoint(weights_path, use_ema=spec.checkpoint.use_ema)
         # A partial load keeps the constructor's values for what is missing, so it needs them real.
         partial = bool(spec.checkpoint.allow_missing)
         model = _construct(spec, parameters_on_meta=not partial)
         plan = match_state_dict(model, checkpoint.state_dict, spec=spec, weights_path=weights_path)
-        if digest is not None and digest.result() != expected_sha256:
+        if digest is not None and digest.result() != expected_blake3:
             raise WeightsError(
-                f"{weights_path} does not match the archive's build record (sha256 "
-                f"{digest.result()} != {expected_sha256}): the archive was altered after `mar build`. "
+                f"{weights_path} does not match the archive's build record (BLAKE3 "
+                f"{digest.result()} != {expected_blake3}): the archive was altered after `mar build`. "
                 "Rebuild it from the spec and the original weights.")
     _load(model, checkpoint.state_dict, plan, assign=not partial)
     return LoadedModel(model.eval().to(device=device, dtype=model_dtype(spec)), checkpoint.notes, plan)
@@ -140,6 +141,14 @@ def sha256_file(path: Path) -> str:
         while chunk := file.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def blake3_file(path: Path) -> str:
+    """The file's BLAKE3 digest: the load-time check, ~4x faster than sha256 here (SIMD, threads),
+    which matters when every worker start hashes gigabytes."""
+    from blake3 import blake3
+
+    return blake3(max_threads=blake3.AUTO).update_mmap(str(path)).hexdigest()
 
 
 def select_device(requested: str, gpu_id: int | str | None, *,

@@ -65,6 +65,10 @@ class ModelHandler:
         if self.device.type == "cpu":
             torch.set_num_threads(self.spec.serving.cpu_threads)
         self.initialized = True
+        if self.device.type == "cpu" and self.spec.serving.device == "auto":
+            logger.info("serving.device is auto and %s: serving on the CPU",
+                        "CUDA is not available" if not torch.cuda.is_available()
+                        else "TorchServe assigned no GPU to this worker")
         logger.info("model %s %s (%s) ready on %s at %s; golden check max abs error %.3g",
                     self.spec.name, self.spec.version, self.spec.arch, self.device,
                     self.spec.serving.precision, loaded.golden_max_error)

@@ -42,8 +42,11 @@ def manifest_json(*, name: str, version: str, handler: str, weights: str, config
     return (json.dumps(manifest, indent=2) + "\n").encode()
 
 
-def archive_path(export_dir: Path, name: str, archive_format: str) -> Path:
-    return export_dir / (f"{name}.mar" if archive_format == "mar" else name)
+def archive_path(export_dir: Path, name: str, version: str, archive_format: str) -> Path:
+    """`<name>-<version>.mar` (or the folder `<name>-<version>`): versions of one model sit side
+    by side in a model store, as promote and snapshot restore need."""
+    stem = f"{name}-{version}"
+    return export_dir / (f"{stem}.mar" if archive_format == "mar" else stem)
 
 
 def write_archive(target: Path, members: dict[str, Member], *, archive_format: str) -> None:

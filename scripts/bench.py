@@ -37,28 +37,32 @@ from scripts.config import REPO_ROOT, ServerConfig, private_env, read_config, wr
 from scripts.errors import MarError
 from scripts.server import start_server, stop_server
 
-__all__ = ["run_bench"]
+__all__ = ["run_bench", "make_bench_model", "cold_start", "ab_run"]
 
 ASSETS = Path(__file__).resolve().parent / "bench_assets"
 _MEMORY_LINE = re.compile(r"resident_growth_bytes=(\d+) weights_bytes=(\d+)")
 
 
+PARTS = ("build", "cold-start", "throughput")
+
+
 def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
-              concurrency: list[int], workdir: Path | None = None) -> dict:
-    """Run every measurement, print the tables, write the JSON to `out`; returns the results."""
+              concurrency: list[int], parts: tuple[str, ...] = PARTS,
+              workdir: Path | None = None) -> dict:
+    """Run the measurements in `parts`, print the tables, write the JSON to `out`; returns them."""
     with tempfile.TemporaryDirectory(prefix="mar-bench-") as scratch:
         root = Path(workdir or scratch)
         env = private_env(root)
         config = read_config(write_private_config(root))
         config.model_store.mkdir(parents=True, exist_ok=True)
-        model = _make_bench_model(root, size_mb)
+        model = make_bench_model(root, size_mb)
         results = {"machine": _machine(), "size_mb": size_mb, "weights_bytes": model["bytes"],
                    "repeats": repeats, "build": _bench_builds(model, root, repeats)}
         _print_build(results)
-        start_server(config, env=env)
+        start_server(config, env=env, restore=False)
         try:
             results["cold_start"] = _bench_cold_starts(config, model, root, repeats)
-            _print_cold_start(results)
+            _printcold_start(results)
             if throughput_s > 0:
                 results["throughput"] = _bench_throughput(config, root, throughput_s, concurrency,
                                                           repeats)
@@ -73,7 +77,7 @@ def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
 
 # ---- the model under test ----
 
-def _make_bench_model(root: Path, size_mb: int) -> dict:
+def make_bench_model(root: Path, size_mb: int) -> dict:
     """An MLP of four width x width Linear layers whose fp32 state_dict is about size_mb."""
     width = max(64, int(math.sqrt(size_mb * 2**20 / 16)) // 64 * 64)
     params = {"in_features": width, "hidden_sizes": [width] * 3, "out_features": width}
@@ -162,24 +166,24 @@ def _median_time(setup, action, repeats: int) -> dict:
 
 def _bench_cold_starts(config: ServerConfig, model: dict, root: Path, repeats: int) -> dict:
     store = config.model_store
-    build_archive(model["spec"], export_path=store)
-    ours_folder = _spec_copy(model, root, "bench_folder")
-    build_archive(ours_folder, export_path=store, archive_format="folder")
+    ours = build_archive(model["spec"], export_path=store).archive
+    ours_folder = build_archive(_spec_copy(model, root, "bench_folder"), export_path=store,
+                                archive_format="folder").archive
     _stock_archive(model, store, "default", name="stock_default")
     _stock_archive(model, store, "zip-store", name="stock_zipstore")
     _stock_archive(model, store, "zip-store", name="noop_floor", handler=ASSETS / "noop_handler.py",
                    model_file=False)
     probe = json.dumps({"inputs": [0.5] * model["width"]}).encode()
     variants = {
-        "ours (.mar)": ("bench_ours", "bench_ours.mar"),
-        "ours (folder)": ("bench_folder", "bench_folder"),
+        "ours (.mar)": ("bench_ours", ours.name),
+        "ours (folder)": ("bench_folder", ours_folder.name),
         "stock eager (default .mar)": ("stock_default", "stock_default.mar"),
         "stock eager (zip-store .mar)": ("stock_zipstore", "stock_zipstore.mar"),
         "TorchServe floor (no-op, zip-store)": ("noop_floor", "noop_floor.mar"),
     }
     results = {}
     for label, (name, url) in variants.items():
-        runs = [_cold_start(config, name, url, probe) for _ in range(repeats + 1)][1:]
+        runs = [cold_start(config, name, url, probe) for _ in range(repeats + 1)][1:]
         memory = [r["memory_ratio"] for r in runs if r["memory_ratio"] is not None]
         results[label] = {"median_s": statistics.median(r["seconds"] for r in runs),
                           "runs_s": [r["seconds"] for r in runs],
@@ -195,7 +199,10 @@ def _spec_copy(model: dict, root: Path, name: str) -> Path:
     return path
 
 
-def _cold_start(config: ServerConfig, name: str, url: str, probe: bytes) -> dict:
+def cold_start(config: ServerConfig, name: str, url: str, probe: bytes, *,
+               keep: bool = False) -> dict:
+    """Seconds from the register call to the first 200, and the worker's memory growth over the
+    weights (from its log); unregisters the model afterwards unless `keep`."""
     client = TorchServeClient(config)
     log_offset = config.model_log.stat().st_size if config.model_log.exists() else 0
     started = time.perf_counter()
@@ -207,8 +214,9 @@ def _cold_start(config: ServerConfig, name: str, url: str, probe: bytes) -> dict
             raise MarError(f"bench: {name} never answered: HTTP {answer.status} {answer.message}")
         time.sleep(0.01)
     seconds = time.perf_counter() - started
-    client.unregister(name)
-    time.sleep(0.5)  # let TorchServe delete the extracted copy before the next run
+    if not keep:
+        client.unregister(name)
+        time.sleep(0.5)  # let TorchServe delete the extracted copy before the next run
     return {"seconds": seconds, "memory_ratio": _memory_ratio(config, log_offset)}
 
 
@@ -229,22 +237,23 @@ def _bench_throughput(config: ServerConfig, root: Path, seconds: float, concurre
         raise MarError("the throughput benchmark drives the server with ApacheBench (`ab`), which "
                        "is not installed: `sudo apt-get install apache2-utils`, or pass "
                        "--throughput-seconds 0 to skip it.")
-    names = _throughput_archives(config, root)
+    archives = _throughput_archives(config, root)
+    names = {label: name for label, (name, _) in archives.items()}
     body = root / "digit.json"
     body.write_text(json.dumps({"inputs": [[[0.5] * 8] * 8]}))
     client = TorchServeClient(config)
-    for name in names.values():
-        response = client.register(f"{name}.mar", initial_workers=1)
+    for _, url in archives.values():
+        response = client.register(url, initial_workers=1)
         if response.status != 200:
-            raise MarError(f"bench: registering {name} failed: {response.message}")
+            raise MarError(f"bench: registering {url} failed: {response.message}")
     runs: dict = {str(level): {label: [] for label in names} for level in concurrency}
     try:
         for label, name in names.items():
-            _ab(config, name, body, max(concurrency), min(seconds, 3))  # warm-up
+            ab_run(config, name, body, max(concurrency), min(seconds, 3))  # warm-up
         for _ in range(rounds):
             for level in concurrency:
                 for label, name in names.items():
-                    runs[str(level)][label].append(_ab(config, name, body, level, seconds))
+                    runs[str(level)][label].append(ab_run(config, name, body, level, seconds))
     finally:
         for name in names.values():
             client.unregister(name)
@@ -258,8 +267,9 @@ def _median_run(rows: list[dict]) -> dict:
             "failed": sum(row["failed"] for row in rows)}
 
 
-def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, str]:
-    """The demo digits CNN three ways, all with the demo spec's batching (batch 8, delay 5 ms)."""
+def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, tuple[str, str]]:
+    """The demo digits CNN three ways, all with the demo spec's batching: label -> (model name,
+    archive in the store)."""
     from model_defs import create_model
 
     folder = root / "throughput"
@@ -270,7 +280,7 @@ def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, str]:
     torch.save(model.state_dict(), folder / "digits.pt")
     spec.update(name="tp_ours", weights="digits.pt")
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
-    build_archive(folder / "spec.yaml", export_path=config.model_store)
+    ours = build_archive(folder / "spec.yaml", export_path=config.model_store).archive
     source = (REPO_ROOT / "model_defs" / "digits_cnn.py").read_text()
     stock_source = "\n".join(line for line in source.splitlines()
                              if "register_model" not in line)  # one class, default arguments
@@ -283,7 +293,8 @@ def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, str]:
                                       ("tp_noop", "noop_handler.py", False)):
         _stock_archive_with_config(stock, config.model_store, name, ASSETS / handler, model_file,
                                    folder / "model-config.yaml")
-    return {"ours": "tp_ours", "stock BaseHandler": "tp_stock", "no-op ceiling": "tp_noop"}
+    return {"ours": ("tp_ours", ours.name), "stock BaseHandler": ("tp_stock", "tp_stock.mar"),
+            "no-op ceiling": ("tp_noop", "tp_noop.mar")}
 
 
 def _stock_archive_with_config(model: dict, export: Path, name: str, handler: Path,
@@ -297,7 +308,7 @@ def _stock_archive_with_config(model: dict, export: Path, name: str, handler: Pa
         archive_format="zip-store", force=True, config_file=str(config_file)))
 
 
-def _ab(config: ServerConfig, name: str, body: Path, level: int, seconds: float) -> dict:
+def ab_run(config: ServerConfig, name: str, body: Path, level: int, seconds: float) -> dict:
     """ApacheBench, as TorchServe's own benchmark drives it (-k keep-alive, POST JSON)."""
     # -l: response lengths vary (floats), which ab would otherwise count as failures
     command = ["ab", "-k", "-q", "-l", "-c", str(level), "-t", str(seconds), "-n", "10000000",
@@ -337,7 +348,7 @@ def _print_build(results: dict) -> None:
         print(f"  {name:<36} {timing['median_s']:7.2f} s   {timing['median_s'] / ours:6.1f}x ours")
 
 
-def _print_cold_start(results: dict) -> None:
+def _printcold_start(results: dict) -> None:
     cold = results["cold_start"]
     ours = cold["ours (.mar)"]["median_s"]
     floor = cold["TorchServe floor (no-op, zip-store)"]["median_s"]

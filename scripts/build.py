@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from handlers.integrity import BUILD_INFO_FILE, GOLDEN_FILE, SPEC_FILE, tolerance
-from handlers.loading import LoadedModel, build_model, example_input, sha256_file
+from handlers.loading import LoadedModel, blake3_file, build_model, example_input, sha256_file
 from handlers.spec import ModelSpec, load_spec, spec_to_dict
 from model_defs import definition_files
 from scripts.archive import MANIFEST_NAME, Member, archive_path, manifest_json, write_archive
@@ -51,8 +51,8 @@ class BuildResult:
 
 def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: str | Path | None = None,
                   archive_format: str = "mar") -> BuildResult:
-    """Validate `spec_path` with its weights and write `<export_path>/<name>.mar` (or the folder
-    `<export_path>/<name>` for archive_format="folder").
+    """Validate `spec_path` with its weights and write `<export_path>/<name>-<version>.mar` (or
+    the folder `<export_path>/<name>-<version>` for archive_format="folder").
 
     Raises MarError, SpecError or WeightsError (both ValueError) with the cause and the fix.
     """
@@ -61,13 +61,14 @@ def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: st
     if not weights_path.is_file():
         raise MarError(f"--weights {weights_path} is not a file. Pass the state_dict file.")
     export_dir = Path(export_path).resolve()
-    target = archive_path(export_dir, spec.name, archive_format)
+    target = archive_path(export_dir, spec.name, spec.version, archive_format)
     # The weights are hashed on the other core while they are validated and copied; the build
     # record that needs the digest is written last.
     with ThreadPoolExecutor(max_workers=1) as pool:
         weights_digest = pool.submit(sha256_file, weights_path)
         loaded, golden = validate(spec, weights_path)
-        members = _members(spec, weights_path, weights_digest.result, loaded, golden)
+        digests = lambda: {"sha256": weights_digest.result(), "blake3": blake3_file(weights_path)}
+        members = _members(spec, weights_path, digests, loaded, golden)
         export_dir.mkdir(parents=True, exist_ok=True)
         write_archive(target, members, archive_format=archive_format)
         weights_sha256 = weights_digest.result()
@@ -112,10 +113,12 @@ def model_config(spec: ModelSpec) -> dict:
     }
     if serving.device != "auto":
         config["deviceType"] = serving.device
+    if serving.device_ids is not None:
+        config["deviceIds"] = list(serving.device_ids)
     return config
 
 
-def _members(spec: ModelSpec, weights_path: Path, weights_sha256: Callable[[], str],
+def _members(spec: ModelSpec, weights_path: Path, weights_digests: Callable[[], dict],
              loaded: LoadedModel, golden: dict) -> dict[str, Member]:
     """Every file of the archive (name -> source); the build record is deferred: it needs the
     weights' digest, which is computed while the rest is written."""
@@ -139,18 +142,18 @@ def _members(spec: ModelSpec, weights_path: Path, weights_sha256: Callable[[], s
     files = {name: _sha256(source) for name, source in sorted(members.items())}
     members[weights_path.name] = weights_path
     members[BUILD_INFO_FILE] = lambda: (json.dumps(
-        _build_record(spec, weights_path, weights_sha256(), loaded, files), indent=2,
+        _build_record(spec, weights_path, weights_digests(), loaded, files), indent=2,
         sort_keys=True) + "\n").encode()
     return members
 
 
-def _build_record(spec: ModelSpec, weights_path: Path, weights_sha256: str, loaded: LoadedModel,
+def _build_record(spec: ModelSpec, weights_path: Path, weights_digests: dict, loaded: LoadedModel,
                   files: dict[str, str]) -> dict:
     return {
         "format": 1,
         "model": {"name": spec.name, "version": spec.version, "arch": spec.arch},
-        "weights": {"file": weights_path.name, "sha256": weights_sha256,
-                    "bytes": weights_path.stat().st_size},
+        "weights": {"file": weights_path.name, "bytes": weights_path.stat().st_size,
+                    **weights_digests},  # sha256 for the record, BLAKE3 for fast load-time checks
         "files": files,
         "source": _git_state(),
         "torch_version": torch.__version__,

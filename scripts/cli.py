@@ -61,13 +61,38 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = _add(commands, "serve", _cmd_serve, "start, stop or query TorchServe")
     serve.add_argument("action", choices=["start", "stop", "status"])
+    serve.add_argument("--no-restore", action="store_true",
+                       help="start empty instead of restoring the models registered at the last stop")
     _add_config(serve)
 
     register = _add(commands, "register", _cmd_register,
                     "register an archive from the model store through the management API")
     register.add_argument("archive", type=Path, metavar="ARCHIVE")
-    register.add_argument("--workers", type=int, default=1, help="initial workers")
+    register.add_argument("--workers", type=int, help="initial workers (default: --min-workers)")
+    _add_serving_overrides(register)
+    register.add_argument("--set-default", action="store_true",
+                          help="make this version the one /predictions/NAME answers with")
     _add_config(register)
+
+    scale = _add(commands, "scale", _cmd_scale, "set a model version's minimum and maximum workers")
+    scale.add_argument("name", metavar="NAME")
+    scale.add_argument("--version", help="default: the default version")
+    scale.add_argument("--min", type=int, required=True, dest="min_workers")
+    scale.add_argument("--max", type=int, required=True, dest="max_workers")
+    _add_config(scale)
+
+    set_default = _add(commands, "set-default", _cmd_set_default,
+                       "make VERSION the version /predictions/NAME answers with")
+    set_default.add_argument("name", metavar="NAME")
+    set_default.add_argument("version", metavar="VERSION")
+    _add_config(set_default)
+
+    promote = _add(commands, "promote", _cmd_promote, "serve ARCHIVE as its model's new default "
+                   "version with no downtime, then retire the old version")
+    promote.add_argument("archive", type=Path, metavar="ARCHIVE")
+    promote.add_argument("--drain-seconds", type=float, default=2.0,
+                         help="wait after the switch before the old version is unregistered")
+    _add_config(promote)
 
     unregister = _add(commands, "unregister", _cmd_unregister, "unregister a model version")
     unregister.add_argument("name", metavar="NAME")
@@ -76,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(unregister)
 
     models = _add(commands, "models", _cmd_models, "list registered models and their workers")
+    models.add_argument("name", nargs="?", metavar="NAME", help="only this model")
     models.add_argument("--json", action="store_true", help="print TorchServe's descriptions")
     _add_config(models)
 
@@ -92,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--throughput-seconds", type=float, default=20,
                        help="ab run length per concurrency; 0 skips the throughput part")
     bench.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    bench.add_argument("--parts", nargs="+", choices=["build", "cold-start", "throughput"],
+                       default=["build", "cold-start", "throughput"])
     bench.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
     return parser
 
@@ -101,6 +129,16 @@ def _add(commands, name: str, func, help_text: str) -> argparse.ArgumentParser:
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub.set_defaults(func=func)
     return sub
+
+
+def _add_serving_overrides(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("serving settings (default: the archive's spec)")
+    group.add_argument("--min-workers", type=int)
+    group.add_argument("--max-workers", type=int)
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--max-batch-delay", type=int, metavar="MS")
+    group.add_argument("--response-timeout", type=int, metavar="S",
+                       help="must match the archive: TorchServe ignores it at registration")
 
 
 def _add_config(sub: argparse.ArgumentParser) -> None:
@@ -171,7 +209,9 @@ def _cmd_serve(args) -> int:
 
     config = read_config(args.config)
     if args.action == "start":
-        start_server(config)
+        restored = start_server(config, restore=not args.no_restore)
+        for line in restored:
+            print(f"restored {line}")
         print(f"TorchServe is healthy: inference {config.inference_url}, management "
               f"{config.management_url}, model store {config.model_store}")
     elif args.action == "stop":
@@ -187,8 +227,47 @@ def _cmd_serve(args) -> int:
 def _cmd_register(args) -> int:
     from scripts.manage import register_archive
 
-    info = register_archive(read_config(args.config), args.archive, workers=args.workers)
-    print(f"registered {info.name} {info.version} with {args.workers} worker(s)")
+    overrides = {"min_workers": args.min_workers, "max_workers": args.max_workers,
+                 "batch_size": args.batch_size, "max_batch_delay_ms": args.max_batch_delay,
+                 "response_timeout_s": args.response_timeout}
+    info = register_archive(read_config(args.config), args.archive, workers=args.workers,
+                            serving=overrides, set_default=args.set_default)
+    print(f"registered {info.name} {info.version}" + (" as the default version"
+                                                       if args.set_default else ""))
+    return 0
+
+
+def _cmd_scale(args) -> int:
+    from scripts.client import TorchServeClient
+
+    if args.min_workers > args.max_workers:
+        raise MarError(f"--min {args.min_workers} exceeds --max {args.max_workers}.")
+    response = TorchServeClient(read_config(args.config)).scale(
+        args.name, args.version, min_workers=args.min_workers, max_workers=args.max_workers)
+    if response.status != 200:
+        raise MarError(f"scaling {args.name} failed (HTTP {response.status}): {response.message}")
+    print(f"{args.name} {args.version or '(default version)'}: min {args.min_workers}, "
+          f"max {args.max_workers} workers")
+    return 0
+
+
+def _cmd_set_default(args) -> int:
+    from scripts.client import TorchServeClient
+
+    response = TorchServeClient(read_config(args.config)).set_default(args.name, args.version)
+    if response.status != 200:
+        raise MarError(f"could not make {args.name} {args.version} the default (HTTP "
+                       f"{response.status}): {response.message}. `mar models {args.name}` lists "
+                       "its versions.")
+    print(f"{args.name}: default version is now {args.version}")
+    return 0
+
+
+def _cmd_promote(args) -> int:
+    from scripts.manage import promote
+
+    old, new = promote(read_config(args.config), args.archive, drain_s=args.drain_seconds)
+    print(f"promoted: {new} is the default version; {old} was retired")
     return 0
 
 
@@ -207,19 +286,23 @@ def _cmd_models(args) -> int:
     from scripts.client import TorchServeClient
 
     client = TorchServeClient(read_config(args.config))
-    names = [m["modelName"] for m in client.list_models()]
+    names = [args.name] if args.name else [m["modelName"] for m in client.list_models()]
     defaults = {name: client.describe(name, version=None)[0]["modelVersion"] for name in names}
     described = [version for name in names for version in client.describe(name)]
+    for model in described:
+        model["isDefault"] = defaults[model["modelName"]] == model["modelVersion"]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
-    rows = [("NAME", "VERSION", "DEFAULT", "WORKERS", "BATCH", "DELAY_MS")]
+    rows = [("NAME", "VERSION", "DEFAULT", "WORKERS", "MIN-MAX", "BATCH", "DELAY_MS", "TIMEOUT_S")]
     for model in described:
         workers = model.get("workers", [])
         ready = sum(1 for w in workers if w.get("status") == "READY")
-        rows.append((model["modelName"], model["modelVersion"], "yes" if defaults[model["modelName"]] == model["modelVersion"] else "",
-                     f"{ready}/{len(workers)} ready", str(model.get("batchSize")),
-                     str(model.get("maxBatchDelay"))))
+        rows.append((model["modelName"], model["modelVersion"], "yes" if model["isDefault"] else "",
+                     f"{ready}/{len(workers)} ready",
+                     f"{model.get('minWorkers')}-{model.get('maxWorkers')}",
+                     str(model.get("batchSize")), str(model.get("maxBatchDelay")),
+                     str(model.get("responseTimeout"))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -245,7 +328,8 @@ def _cmd_bench(args) -> int:
     from scripts.bench import run_bench
 
     run_bench(size_mb=args.size_mb, repeats=args.repeats, out=args.out,
-              throughput_s=args.throughput_seconds, concurrency=args.concurrency)
+              throughput_s=args.throughput_seconds, concurrency=args.concurrency,
+              parts=tuple(args.parts))
     return 0
 
 

@@ -1,7 +1,9 @@
 """A thin client of TorchServe's management and inference APIs, with token authorization.
 
-TorchServe writes fresh tokens to `key_file.json` at every start; the client reads them for each call,
-so it keeps working across restarts without any token handling by the user.
+TorchServe writes fresh tokens to `key_file.json` at every start and expires the management and
+inference tokens after `token_expiration_min`. The client reads the file for each call, so it keeps
+working across restarts, and when TorchServe refuses an expired token (with HTTP 400, not 401) it
+asks for a new one with the non-expiring API key and retries once.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ class TorchServeClient:
     # ---- inference API ----
     def ping_status(self) -> str | None:
         """`Healthy`/`Unhealthy`, another word if it answers oddly, None when nothing listens."""
+        url = self.config.inference_url + "/ping"
         try:
-            key = self.config.key("inference") if self.config.key_file.exists() else None
-            response = self._send("GET", self.config.inference_url + "/ping", key=key, timeout=5)
+            if self.config.key_file.exists():
+                response = self._call("GET", url, key_kind="inference", timeout_s=5)
+            else:  # still starting, or not ours: any answer means something listens
+                response = self._send("GET", url, key=None, timeout=5)
         except (MarError, OSError):
             return None
         try:
@@ -60,10 +65,32 @@ class TorchServeClient:
                           body=body, content_type="application/json")
 
     # ---- management API ----
-    def register(self, url: str, *, initial_workers: int) -> Response:
-        query = urlencode({"url": url, "initial_workers": initial_workers, "synchronous": "true"})
+    def register(self, url: str, *, initial_workers: int, batch_size: int | None = None,
+                 max_batch_delay_ms: int | None = None) -> Response:
+        """Register synchronously: the answer comes once the workers are up (or failed)."""
+        params = {"url": url, "initial_workers": initial_workers, "synchronous": "true",
+                  "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms}
+        query = urlencode({k: v for k, v in params.items() if v is not None})
         return self._call("POST", f"{self.config.management_url}/models?{query}",
                           key_kind="management")
+
+    def scale(self, name: str, version: str | None, *, min_workers: int,
+              max_workers: int) -> Response:
+        path = f"/models/{quote(name)}" + (f"/{quote(version)}" if version else "")
+        query = urlencode({"min_worker": min_workers, "max_worker": max_workers,
+                           "synchronous": "true"})
+        return self._call("PUT", f"{self.config.management_url}{path}?{query}",
+                          key_kind="management")
+
+    def set_default(self, name: str, version: str) -> Response:
+        return self._call("PUT", f"{self.config.management_url}/models/{quote(name)}/"
+                          f"{quote(version)}/set-default", key_kind="management")
+
+    def default_version(self, name: str) -> str | None:
+        """The version /predictions/<name> goes to, or None when `name` is not registered."""
+        response = self._call("GET", f"{self.config.management_url}/models/{quote(name)}",
+                              key_kind="management")
+        return response.json()[0]["modelVersion"] if response.status == 200 else None
 
     def unregister(self, name: str, version: str | None = None) -> Response:
         path = f"/models/{quote(name)}" + (f"/{quote(version)}" if version else "")
@@ -92,13 +119,34 @@ class TorchServeClient:
 
     # ---- transport ----
     def _call(self, method: str, url: str, *, key_kind: str, body: bytes | None = None,
-              content_type: str | None = None) -> Response:
+              content_type: str | None = None, timeout_s: float | None = None) -> Response:
+        timeout = timeout_s or self.timeout_s
         try:
-            return self._send(method, url, key=self.config.key(key_kind), body=body,
-                              content_type=content_type, timeout=self.timeout_s)
+            response = self._send(method, url, key=self.config.key(key_kind), body=body,
+                                  content_type=content_type, timeout=timeout)
+            if _token_refused(response):
+                self._renew(key_kind)
+                response = self._send(method, url, key=self.config.key(key_kind), body=body,
+                                      content_type=content_type, timeout=timeout)
+            return response
         except OSError as err:
+            if body is not None and len(body) > 1_000_000 and isinstance(
+                    err, (ConnectionError, urllib.error.URLError)):
+                raise MarError(f"TorchServe closed the connection while receiving a {len(body):,} "
+                               "byte body: it refuses bodies over max_request_size in "
+                               f"{self.config.path} (HTTP 413). Send smaller requests or raise "
+                               "max_request_size deliberately.") from None
             raise MarError(f"cannot reach TorchServe at {url} ({err}). Is it running? "
                            f"`mar serve status --config {self.config.path}` tells.") from None
+
+    def _renew(self, key_kind: str) -> None:
+        """Have TorchServe replace an expired key; it rewrites key_file.json."""
+        response = self._send("GET", f"{self.config.management_url}/token?type={key_kind}",
+                              key=self.config.key("API"), timeout=30)
+        if response.status != 200:
+            raise MarError(f"TorchServe refused the {key_kind} token and would not issue a new one "
+                           f"(HTTP {response.status}: {response.message}). Is {self.config.key_file} "
+                           "from the running server?")
 
     @staticmethod
     def _send(method: str, url: str, *, key: str | None, body: bytes | None = None,
@@ -113,3 +161,8 @@ class TorchServeClient:
                 return Response(answer.status, answer.read())
         except urllib.error.HTTPError as err:
             return Response(err.code, err.read())
+
+
+def _token_refused(response: Response) -> bool:
+    """TorchServe answers a missing, wrong or expired token with 400 InvalidKeyException."""
+    return response.status == 400 and b"Token Authorization failed" in response.body

@@ -44,11 +44,13 @@ class ServerConfig:
         """The current `management` or `inference` token (TorchServe makes new ones at each start)."""
         try:
             keys = json.loads(self.key_file.read_text())
+            return keys[kind]["key"]
         except FileNotFoundError:
             raise MarError(f"{self.key_file} does not exist, so TorchServe for {self.path} is not "
                            "running (it writes the file at start). Start it with `mar serve start`."
                            ) from None
-        return keys[kind]["key"]
+        except (ValueError, KeyError, TypeError):  # TorchServe is still writing it
+            raise MarError(f"{self.key_file} holds no {kind} key yet; retry in a moment.") from None
 
 
 def read_config(path: str | Path = DEFAULT_CONFIG) -> ServerConfig:

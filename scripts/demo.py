@@ -40,7 +40,7 @@ def main() -> int:
     result = build_archive(SPEC, export_path=config.model_store)
     print(f"built {result.archive}")
 
-    start_server(config)
+    start_server(config, restore=False)  # the demo starts from an empty server
     print(f"TorchServe started ({config.path})")
     try:
         register_archive(config, result.archive, workers=1)

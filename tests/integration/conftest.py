@@ -15,7 +15,7 @@ from tests.conftest import run_mar
 
 
 @dataclass(frozen=True)
-class TestServer:
+class ServerUnderTest:
     config: ServerConfig
     env: dict[str, str]
 
@@ -27,7 +27,7 @@ class TestServer:
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("torchserve")
-    server = TestServer(read_config(write_private_config(workdir)), private_env(workdir))
+    server = ServerUnderTest(read_config(write_private_config(workdir)), private_env(workdir))
     server.mar("serve", "start")
     try:
         yield server

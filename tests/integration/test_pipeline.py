@@ -19,7 +19,7 @@ def _predict(client: TorchServeClient, inputs) -> tuple[int, dict]:
 
 def test_build_register_predict_unregister(torchserve, digits_spec, digits_model, tmp_path):
     built = torchserve.mar("build", digits_spec)  # default export path: the server's model store
-    archive = torchserve.config.model_store / "digits_cnn.mar"
+    archive = torchserve.config.model_store / "digits_cnn-1.0.mar"
     assert str(archive) in built.stdout and archive.is_file()
     torchserve.mar("register", archive, "--workers", "1")
     table = torchserve.mar("models").stdout
@@ -53,7 +53,7 @@ def test_build_register_predict_unregister(torchserve, digits_spec, digits_model
 
 def test_malformed_requests_do_not_fail_their_batch(torchserve, digits_spec, digits_model):
     torchserve.mar("build", digits_spec)
-    torchserve.mar("register", torchserve.config.model_store / "digits_cnn.mar")
+    torchserve.mar("register", torchserve.config.model_store / "digits_cnn-1.0.mar")
     client = TorchServeClient(torchserve.config)
     torch.manual_seed(4)
     images = torch.rand(32, 1, 8, 8)
@@ -84,7 +84,7 @@ def test_worker_failure_is_reported_and_its_registration_removed(torchserve, tmp
     data = digits_spec_data(name="needs_gpu", weights="digits.pt")
     data["serving"]["device"] = "gpu"
     torchserve.mar("build", write_spec(tmp_path, data))
-    result = torchserve.mar("register", torchserve.config.model_store / "needs_gpu.mar", check=False)
+    result = torchserve.mar("register", torchserve.config.model_store / "needs_gpu-1.0.mar", check=False)
     assert result.returncode == 1
     assert "its worker failed to start, so the registration was removed" in result.stderr
     assert "RuntimeError: spec asks for serving.device: gpu but" in result.stderr

@@ -53,7 +53,7 @@ def test_failed_validation_writes_nothing_and_keeps_the_old_archive(tmp_path, di
     save_weights(wrong, digits_spec.parent / "digits.pt")
     with pytest.raises(WeightsError, match="shape differs"):
         build_archive(digits_spec, export_path=store)
-    assert sorted(p.name for p in store.iterdir()) == ["digits_cnn.mar"]
+    assert sorted(p.name for p in store.iterdir()) == ["digits_cnn-1.0.mar"]
     assert first.read_bytes() == before
 
 
@@ -71,11 +71,11 @@ def test_cli_builds_several_specs_and_weights_override(tmp_path, digits_model):
     save_weights(digits_model, tmp_path / "other.pt")
     one = write_spec(tmp_path, digits_spec_data(name="one", weights="missing.pt"), "one.yaml")
     result = run_mar("build", one, "--weights", tmp_path / "other.pt", "--export-path", tmp_path)
-    assert "built" in result.stdout and (tmp_path / "one.mar").is_file()
+    assert "built" in result.stdout and (tmp_path / "one-1.0.mar").is_file()
     two = write_spec(tmp_path, digits_spec_data(name="two", weights="other.pt"), "two.yaml")
     three = write_spec(tmp_path, digits_spec_data(name="three", weights="other.pt"), "three.yaml")
     run_mar("build", two, three, "--export-path", tmp_path)
-    assert (tmp_path / "two.mar").is_file() and (tmp_path / "three.mar").is_file()
+    assert (tmp_path / "two-1.0.mar").is_file() and (tmp_path / "three-1.0.mar").is_file()
 
 
 def test_cli_reports_spec_errors_in_one_paragraph(tmp_path, digits_model):

@@ -16,7 +16,7 @@ def _build(spec, store, *extra):
 def test_same_inputs_give_byte_identical_archives(digits_spec, tmp_path):
     first = _build(digits_spec, tmp_path / "a")
     second = _build(digits_spec, tmp_path / "b")
-    one, two = (tmp_path / d / "digits_cnn.mar" for d in "ab")
+    one, two = (tmp_path / d / "digits_cnn-1.0.mar" for d in "ab")
     assert one.read_bytes() == two.read_bytes()
     digest = hashlib.sha256(one.read_bytes()).hexdigest()
     assert f"archive sha256 {digest}" in first.stdout and f"archive sha256 {digest}" in second.stdout
@@ -24,12 +24,14 @@ def test_same_inputs_give_byte_identical_archives(digits_spec, tmp_path):
 
 def test_build_record_names_every_file_and_the_environment(digits_spec, tmp_path):
     _build(digits_spec, tmp_path)
-    with zipfile.ZipFile(tmp_path / "digits_cnn.mar") as mar:
+    with zipfile.ZipFile(tmp_path / "digits_cnn-1.0.mar") as mar:
         record = json.loads(mar.read("build-info.json"))
         weights = mar.read("digits.pt")
         spec_bytes = mar.read("spec.yaml")
+    from blake3 import blake3
     assert record["weights"] == {"file": "digits.pt", "bytes": len(weights),
-                                 "sha256": hashlib.sha256(weights).hexdigest()}
+                                 "sha256": hashlib.sha256(weights).hexdigest(),
+                                 "blake3": blake3(weights).hexdigest()}
     assert record["files"]["spec.yaml"] == hashlib.sha256(spec_bytes).hexdigest()
     assert "model_defs/digits_cnn.py" in record["files"] and "handlers/loading.py" in record["files"]
     assert record["torch_version"] == torch.__version__
@@ -39,13 +41,13 @@ def test_build_record_names_every_file_and_the_environment(digits_spec, tmp_path
 
 def test_verify_passes_on_a_fresh_build(digits_spec, tmp_path):
     _build(digits_spec, tmp_path)
-    result = run_mar("verify", tmp_path / "digits_cnn.mar")
+    result = run_mar("verify", tmp_path / "digits_cnn-1.0.mar")
     assert "verify: OK: digits_cnn 1.0: build record matches; golden max abs error" in result.stdout
 
 
 def test_tampered_weights_fail_verification(digits_spec, tmp_path):
     _build(digits_spec, tmp_path)
-    original = tmp_path / "digits_cnn.mar"
+    original = tmp_path / "digits_cnn-1.0.mar"
     tampered = tmp_path / "tampered.mar"
     with zipfile.ZipFile(original) as src, zipfile.ZipFile(tampered, "w") as dst:
         for item in src.infolist():
@@ -64,16 +66,16 @@ def test_tampered_weights_fail_verification(digits_spec, tmp_path):
 
 def test_altered_definition_fails_verification(digits_spec, tmp_path):
     _build(digits_spec, tmp_path, "--format", "folder")
-    definition = tmp_path / "digits_cnn" / "model_defs" / "digits_cnn.py"
+    definition = tmp_path / "digits_cnn-1.0" / "model_defs" / "digits_cnn.py"
     definition.write_text(definition.read_text().replace("nn.ReLU()", "nn.GELU()", 1))
-    result = run_mar("verify", tmp_path / "digits_cnn", check=False)
+    result = run_mar("verify", tmp_path / "digits_cnn-1.0", check=False)
     assert result.returncode == 1
     assert "model_defs/digits_cnn.py differ from the archive's build record" in result.stderr
 
 
 def test_golden_mismatch_fails_verification(digits_spec, tmp_path):
     _build(digits_spec, tmp_path, "--format", "folder")
-    folder = tmp_path / "digits_cnn"
+    folder = tmp_path / "digits_cnn-1.0"
     golden = torch.load(folder / "golden.pt", weights_only=True)
     golden["outputs"] = golden["outputs"] + 0.01  # as if the model now computed differently
     torch.save(golden, folder / "golden.pt")
@@ -110,4 +112,4 @@ def test_convert_legacy_needs_trust_and_writes_a_clean_checkpoint(tmp_path, digi
     assert "8 tensors that load strictly into 'digits_cnn'" in done.stdout
     spec = write_spec(tmp_path, digits_spec_data(weights=out.name))
     _build(spec, tmp_path / "store")
-    run_mar("verify", tmp_path / "store" / "digits_cnn.mar")
+    run_mar("verify", tmp_path / "store" / "digits_cnn-1.0.mar")
