@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
+KSERVE_VENV ?= .venv-kserve
+
 .PHONY: setup demo test bench clean
 
 setup: $(VENV)/.installed
@@ -19,8 +21,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/python -m scripts.demo
 
-test: setup
+# KServe's SDK only checks the exported InferenceService in the tests; it pins packages (psutil<6)
+# that the serving environment should not get, so it lives in a venv of its own.
+$(KSERVE_VENV)/.installed:
+	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check kserve==0.21.0
+	@touch $@
+
+test: setup $(KSERVE_VENV)/.installed
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf artifacts logs key_file.json model_store/*.mar
+	rm -rf artifacts logs key_file.json model_store/*.mar model_store/*-*/

@@ -9,6 +9,11 @@ serves JSON requests:
     response:  {"outputs": [<model output per sample>],
                 "predictions": [{"label", "probability", "probabilities"} per sample]}  # with labels
 
+KServe's v1 protocol (POST /v1/models/<name>:predict) is answered in its own envelope:
+
+    request:   {"instances": [<sample>, ...]}
+    response:  {"predictions": [<per sample: the prediction with its "outputs", or the outputs>]}
+
 A malformed request gets HTTP 400 with a message naming the expected shape and dtype; the other
 requests batched with it are answered normally and the worker keeps serving.
 """
@@ -19,7 +24,7 @@ import json
 import logging
 import resource
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -38,6 +43,11 @@ logger = logging.getLogger(__name__)
 
 class RequestError(ValueError):
     """A request that does not follow the model's input contract (answered with HTTP 400)."""
+
+
+class Decoded(NamedTuple):
+    samples: np.ndarray  # (n, *input.shape)
+    envelope: str  # "inputs" (ours) or "instances" (KServe v1)
 
 
 class ModelHandler:
@@ -76,27 +86,30 @@ class ModelHandler:
 
     def handle(self, data: list[dict], context) -> list[bytes]:
         """Answer one TorchServe batch: a response body per request, in order."""
-        samples = [self._decode_or_error(request) for request in data]
-        valid = [s for s in samples if isinstance(s, np.ndarray)]
+        decoded = [self._decode_or_error(request) for request in data]
+        valid = [d.samples for d in decoded if isinstance(d, Decoded)]
         outputs = self.inference(self._to_device(np.concatenate(valid))) if valid else None
-        return self.postprocess(samples, outputs, context)
+        return self.postprocess(decoded, outputs, context)
 
-    def preprocess(self, request: dict) -> np.ndarray:
+    def preprocess(self, request: dict) -> Decoded:
         """One request's samples as a (n, *input.shape) array. Raises RequestError."""
         payload = _json_body(request)
-        if not isinstance(payload, dict) or "inputs" not in payload:
+        envelope = next((key for key in ("inputs", "instances") if isinstance(payload, dict)
+                         and key in payload), None)
+        if envelope is None:
             raise RequestError(f'expected a JSON object {{"inputs": ...}}; {self._contract()}')
         try:
             # numpy parses nested lists about twice as fast as torch.tensor
-            array = np.asarray(payload["inputs"], dtype=self._numpy_dtype)
+            array = np.asarray(payload[envelope], dtype=self._numpy_dtype)
         except (TypeError, ValueError, OverflowError) as err:
-            raise RequestError(f"`inputs` is not a numeric array ({err}); {self._contract()}") from None
+            raise RequestError(f"`{envelope}` is not a numeric array ({err}); "
+                               f"{self._contract()}") from None
         shape = self.spec.input.shape
-        if array.shape == shape:
-            return array[np.newaxis]
+        if array.shape == shape and envelope == "inputs":
+            return Decoded(array[np.newaxis], envelope)
         if array.ndim == len(shape) + 1 and array.shape[1:] == shape and len(array):
-            return array
-        raise RequestError(f"`inputs` has shape {list(array.shape)}; {self._contract()}")
+            return Decoded(array, envelope)
+        raise RequestError(f"`{envelope}` has shape {list(array.shape)}; {self._contract()}")
 
     def inference(self, batch: Tensor) -> Tensor:
         """Run the model on one batch (already on its device); the result comes back to the CPU
@@ -112,27 +125,26 @@ class ModelHandler:
             tensor = tensor.pin_memory()
         return tensor.to(self.device, dtype=self._input_dtype, non_blocking=True)
 
-    def postprocess(self, samples: list, outputs: Tensor | None, context) -> list[bytes]:
+    def postprocess(self, decoded: list, outputs: Tensor | None, context) -> list[bytes]:
         """Split the batch output into one compact JSON body per request; errors get HTTP 400."""
         outputs_np = outputs.numpy() if outputs is not None else None
         predictions = self._predictions(outputs) if outputs is not None else None
         responses, offset = [], 0
-        for idx, sample in enumerate(samples):
-            if isinstance(sample, RequestError):
-                context.set_response_status(400, str(sample), idx)
-                body = {"code": 400, "type": "BadRequest", "message": str(sample)}
+        for idx, request in enumerate(decoded):
+            if isinstance(request, RequestError):
+                context.set_response_status(400, str(request), idx)
+                body = {"code": 400, "type": "BadRequest", "message": str(request)}
             else:
-                rows = slice(offset, offset + len(sample))
-                offset += len(sample)
-                body = {"outputs": outputs_np[rows]}
-                if predictions is not None:
-                    body["predictions"] = predictions[rows]
+                rows = slice(offset, offset + len(request.samples))
+                offset += len(request.samples)
+                body = _body(outputs_np[rows], predictions[rows] if predictions else None,
+                             request.envelope)
             context.set_response_content_type(idx, "application/json")
             # Bytes go out as they are; TorchServe would re-encode a dict with json and indent=2.
             responses.append(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
         return responses
 
-    def _decode_or_error(self, request: dict) -> np.ndarray | RequestError:
+    def _decode_or_error(self, request: dict) -> Decoded | RequestError:
         try:
             return self.preprocess(request)
         except RequestError as err:
@@ -155,6 +167,17 @@ class ModelHandler:
         return (f"expected one sample of shape {shape} or a list of samples of shape [N, "
                 f"{', '.join(map(str, shape))}], dtype {self.spec.input.dtype}, "
                 f'e.g. {{"inputs": {_zeros(shape)}}}')
+
+
+def _body(outputs: np.ndarray, predictions: list | None, envelope: str) -> dict[str, Any]:
+    if envelope == "instances":  # KServe v1: one prediction per instance
+        if predictions is None:
+            return {"predictions": outputs}
+        return {"predictions": [{**p, "outputs": o} for p, o in zip(predictions, outputs)]}
+    body: dict[str, Any] = {"outputs": outputs}
+    if predictions is not None:
+        body["predictions"] = predictions
+    return body
 
 
 def memory_report(resident_before: int, weights_bytes: int, device: torch.device) -> str:

@@ -57,13 +57,16 @@ def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
         config.model_store.mkdir(parents=True, exist_ok=True)
         model = make_bench_model(root, size_mb)
         results = {"machine": _machine(), "size_mb": size_mb, "weights_bytes": model["bytes"],
-                   "repeats": repeats, "build": _bench_builds(model, root, repeats)}
-        _print_build(results)
+                   "repeats": repeats}
+        if "build" in parts:
+            results["build"] = _bench_builds(model, root, repeats)
+            _print_build(results)
         start_server(config, env=env, restore=False)
         try:
-            results["cold_start"] = _bench_cold_starts(config, model, root, repeats)
-            _printcold_start(results)
-            if throughput_s > 0:
+            if "cold-start" in parts:
+                results["cold_start"] = _bench_cold_starts(config, model, root, repeats)
+                _print_cold_start(results)
+            if "throughput" in parts and throughput_s > 0:
                 results["throughput"] = _bench_throughput(config, root, throughput_s, concurrency,
                                                           repeats)
                 _print_throughput(results)
@@ -348,7 +351,7 @@ def _print_build(results: dict) -> None:
         print(f"  {name:<36} {timing['median_s']:7.2f} s   {timing['median_s'] / ours:6.1f}x ours")
 
 
-def _printcold_start(results: dict) -> None:
+def _print_cold_start(results: dict) -> None:
     cold = results["cold_start"]
     ours = cold["ours (.mar)"]["median_s"]
     floor = cold["TorchServe floor (no-op, zip-store)"]["median_s"]

@@ -111,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", type=Path, required=True, metavar="FILE.json",
                          help='request body, e.g. {"inputs": [...]}')
     _add_config(predict)
+    kserve = _add(commands, "export-kserve", _cmd_export_kserve,
+                  "write the layout KServe's PyTorch runtime serves: config, model store, "
+                  "InferenceService")
+    kserve.add_argument("sources", nargs="+", type=Path, metavar="SPEC_OR_ARCHIVE")
+    kserve.add_argument("--out", type=Path, required=True, help="a new, empty folder")
+    kserve.add_argument("--name", help="InferenceService name (default: the first model's)")
+    kserve.add_argument("--min-replicas", type=int, default=1)
+    kserve.add_argument("--max-replicas", type=int, default=3)
+    kserve.add_argument("--concurrency-target", type=int,
+                        help="in-flight requests per replica before Knative adds one "
+                        "(default: the largest batch size)")
+
     bench = _add(commands, "bench", _cmd_bench, "measure build, cold start, memory and "
                  "throughput against stock TorchServe on this machine (prints ratios)")
     bench.add_argument("--size-mb", type=int, default=1024, help="size of the benchmark weights")
@@ -321,6 +333,18 @@ def _cmd_predict(args) -> int:
     if response.status != 200:
         raise MarError(f"{args.name} answered HTTP {response.status}: {response.message}")
     print(response.body.decode())
+    return 0
+
+
+def _cmd_export_kserve(args) -> int:
+    from scripts.kserve import STORAGE_URI_PLACEHOLDER, export_kserve
+
+    result = export_kserve(args.sources, args.out, service_name=args.name,
+                           min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                           concurrency_target=args.concurrency_target)
+    print(f"wrote {result.out}: config/config.properties, {len(result.archives)} archive(s) in "
+          f"model-store/, inferenceservice.yaml ({result.service_name}). Upload the folder and "
+          f"replace storageUri {STORAGE_URI_PLACEHOLDER} with its address.")
     return 0
 
 

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 from scripts.errors import MarError
 
-__all__ = ["ServerConfig", "read_config", "write_private_config", "private_env", "REPO_ROOT",
-           "DEFAULT_CONFIG"]
+__all__ = ["ServerConfig", "read_config", "write_private_config", "private_env", "free_ports",
+           "REPO_ROOT", "DEFAULT_CONFIG"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "config.properties"
@@ -91,7 +91,7 @@ def write_private_config(workdir: Path, *, base: Path = DEFAULT_CONFIG) -> Path:
     Tests and benchmarks start their TorchServe from this, with `private_env(workdir)`, so they
     never touch (or stop) a server the user is running.
     """
-    inference, management, metrics, grpc_inference, grpc_management, worker = _free_ports(6)
+    inference, management, metrics, grpc_inference, grpc_management, worker = free_ports(6)
     overrides = {
         "inference_address": f"http://127.0.0.1:{inference}",
         "management_address": f"http://127.0.0.1:{management}",
@@ -119,7 +119,8 @@ def private_env(workdir: Path) -> dict[str, str]:
     return {"TMPDIR": str(tmp), "TEMP": str(tmp)}
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """`count` TCP ports on 127.0.0.1 that nothing listens on right now."""
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:
         s.bind(("127.0.0.1", 0))

@@ -26,7 +26,8 @@ from scripts.config import ServerConfig
 from scripts.errors import MarError
 from scripts.verify import verify_archive
 
-__all__ = ["ArchiveInfo", "read_archive_info", "register_archive", "promote", "worker_error"]
+__all__ = ["Archive", "ArchiveInfo", "open_archive", "read_archive_info", "register_archive", "promote",
+           "worker_error"]
 
 # Model log lines look like: "2026-11-29T22:00:00,123 [INFO ] W-9000-digits_1.0-stdout MODEL_LOG - text"
 _LOG_LINE = re.compile(r"W-\d+-(?P<model>.+?)_(?P<version>[^_\s]+)-std(?:out|err) MODEL_LOG - (?P<text>.*)")
@@ -54,7 +55,7 @@ class Archive:
 
 def read_archive_info(archive: Path) -> ArchiveInfo:
     """The model name and version in an archive's (or archive folder's) MAR-INF/MANIFEST.json."""
-    return _open_archive(archive).info
+    return open_archive(archive).info
 
 
 def register_archive(config: ServerConfig, archive: Path, *, workers: int | None = None,
@@ -65,7 +66,7 @@ def register_archive(config: ServerConfig, archive: Path, *, workers: int | None
     the spec's min_workers, max_workers, batch_size, max_batch_delay_ms. On failure, removes the
     zero-worker registration TorchServe leaves and raises MarError with the worker's own error.
     """
-    opened = _open_archive(archive.resolve())
+    opened = open_archive(archive.resolve())
     settings = _serving_settings(opened, serving or {})
     _check_in_store(config, opened.path)
     verdict = verify_archive(opened.path)
@@ -96,7 +97,7 @@ def promote(config: ServerConfig, archive: Path, *, drain_s: float = 2.0) -> tup
     On any failure before the switch, the new version is removed and the old keeps serving.
     Returns (old version, new version).
     """
-    opened = _open_archive(archive.resolve())
+    opened = open_archive(archive.resolve())
     name, new = opened.info.name, opened.info.version
     client = TorchServeClient(config)
     old = client.default_version(name)
@@ -135,7 +136,7 @@ def worker_error(log_text: str, info: ArchiveInfo) -> str:
     return "\n".join(lines[start:end])
 
 
-def _open_archive(path: Path) -> Archive:
+def open_archive(path: Path) -> Archive:
     try:
         if path.is_dir():
             manifest = json.loads((path / "MAR-INF" / "MANIFEST.json").read_text())

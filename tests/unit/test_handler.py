@@ -99,3 +99,20 @@ def test_extracted_archive_serves_without_the_repository(model_dir, digits_model
     with torch.inference_mode():
         expected = digits_model(torch.tensor(answer["inputs"]))
     assert torch.allclose(torch.tensor(answer["outputs"]), expected, atol=1e-5)
+
+
+def test_kserve_v1_instances_get_predictions_back(model_dir, digits_model):
+    handler = ModelHandler()
+    handler.initialize(_context(model_dir, 1))
+    images = torch.rand(2, 1, 8, 8)
+    context = _context(model_dir, 2)
+    answers = [json.loads(body) for body in handler.handle(
+        [{"body": {"instances": images.tolist()}}, {"body": {"instances": images[0].tolist()}}],
+        context)]
+    with torch.inference_mode():
+        expected = digits_model(images)
+    assert [p["label"] for p in answers[0]["predictions"]] == [str(int(i)) for i in expected.argmax(1)]
+    assert torch.allclose(torch.tensor([p["outputs"] for p in answers[0]["predictions"]]), expected,
+                          atol=1e-5)
+    assert context.get_response_status(1)[0] == 400  # instances is a list of samples
+    assert "`instances` has shape [1, 8, 8]" in answers[1]["message"]
