@@ -45,7 +45,9 @@ def main() -> int:
     try:
         register_archive(config, result.archive, workers=1)
         print(f"registered {spec.name} {spec.version}")
-        correct, latencies_ms = _predict_all(TorchServeClient(config), spec.name, split)
+        client = TorchServeClient(config)
+        correct, latencies_ms = _predict_all(client, spec.name, split)
+        client.unregister(spec.name, spec.version)  # so the next `mar serve start` starts empty
     finally:
         stop_server(config)
         print("TorchServe stopped")

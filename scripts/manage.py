@@ -74,12 +74,16 @@ def register_archive(config: ServerConfig, archive: Path, *, workers: int | None
         raise MarError(f"{opened.path} failed offline verification, so it was not registered:\n"
                        f"{verdict.report}")
     client = TorchServeClient(config)
+    info = opened.info
+    if _is_registered(client, info):
+        raise MarError(f"{info.name} {info.version} is already registered. Unregister it first "
+                       f"(`mar unregister {info.name} {info.version}`), or build a new version "
+                       f"and `mar promote` it.")
     log_offset = _log_size(config.model_log)
     initial = workers if workers is not None else max(settings.min_workers, 1)
     response = client.register(opened.path.name, initial_workers=initial,
                                batch_size=settings.batch_size,
                                max_batch_delay_ms=settings.max_batch_delay_ms)
-    info = opened.info
     if response.status != 200:
         _fail_registration(config, client, info, response, log_offset)
     _check(client.scale(info.name, info.version, min_workers=settings.min_workers,
@@ -185,7 +189,9 @@ def _check_in_store(config: ServerConfig, archive: Path) -> None:
 
 
 def _fail_registration(config, client, info, response, log_offset) -> None:
-    if _is_registered(client, info):
+    # Only a worker that failed to start leaves a registration behind, and it is ours to remove.
+    if response.status == 500 and "Failed to start workers" in response.message and \
+            _is_registered(client, info):
         client.unregister(info.name, info.version)
         cause = worker_error(_read_from(config.model_log, log_offset), info)
         raise MarError(f"TorchServe registered {info.name} {info.version} but its worker failed to "

@@ -44,7 +44,8 @@ def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: boo
     _torchserve("--start", "--ts-config", str(startup_config), cwd=config.workdir, env=env)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if config.key_file.exists() and client.ping_status() == "Healthy":
+        if config.key_file.exists() and client.ping_status() == "Healthy" and \
+                _restored_workers_ready(client, restored):
             return restored
         time.sleep(0.3)
     raise MarError(f"TorchServe did not become healthy at {config.inference_url} within "
@@ -64,6 +65,18 @@ def stop_server(config: ServerConfig, *, timeout_s: float = 60.0,
             raise MarError(f"TorchServe still answers at {config.inference_url} {timeout_s:.0f} s "
                            "after --stop. Was it started with another TMPDIR? Stop that process.")
         time.sleep(0.3)
+
+
+def _restored_workers_ready(client: TorchServeClient, restored: list[str]) -> bool:
+    """Whether every restored version has its minimum of READY workers (/ping can say Healthy
+    before the workers of restored models are up)."""
+    for line in restored:
+        name, version = line.split()[:2]
+        for model in client.describe(name, version):
+            ready = sum(1 for w in model.get("workers", []) if w.get("status") == "READY")
+            if ready < model.get("minWorkers", 1):
+                return False
+    return True
 
 
 def _latest_snapshot(config: ServerConfig) -> dict | None:

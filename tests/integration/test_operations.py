@@ -253,6 +253,7 @@ def test_restart_restores_models_and_default_versions(server, two_versions):
     described = json.loads(server.mar("models", "--json").stdout)
     assert sorted((m["modelVersion"], m["isDefault"]) for m in described) == [
         ("1.0", False), ("2.0", True)]
+    assert all(w["status"] == "READY" for m in described for w in m["workers"])  # start waited
     client = TorchServeClient(server.config)
     assert client.predict("digits_cnn", _sample_body(torch.rand(1, 8, 8))).status == 200
     server.mar("serve", "stop")
@@ -299,3 +300,11 @@ def _worker_pids(server) -> set[int]:
 def _ready_worker_pids(server) -> set[int]:
     return {int(w["pid"]) for m in TorchServeClient(server.config).describe("digits_cnn")
             for w in m["workers"] if w["status"] == "READY" and w.get("pid") not in (None, -1)}
+
+
+def test_registering_a_registered_version_changes_nothing(server, two_versions):
+    server.mar("register", two_versions[0])
+    pids = _worker_pids(server)
+    again = server.mar("register", two_versions[0], check=False)
+    assert again.returncode == 1 and "digits_cnn 1.0 is already registered" in again.stderr
+    assert _worker_pids(server) == pids  # still registered, same worker
