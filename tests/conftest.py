@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
+import zipfile
 import sys
 from pathlib import Path
 
@@ -58,3 +60,19 @@ def run_mar(*args: str, env: dict | None = None, check: bool = True) -> subproce
         raise AssertionError(f"mar {' '.join(map(str, args))} failed ({result.returncode}):\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+def tamper_weights(archive: Path, out: Path, weights_name: str) -> Path:
+    """A copy of `archive` whose weights file has one bias changed: what an attacker, or a bad
+    copy, would leave behind. The build record inside is left as it was."""
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == weights_name:
+                state = torch.load(io.BytesIO(data), weights_only=True)
+                state["classifier.4.bias"] += 1.0
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                data = buffer.getvalue()
+            dst.writestr(item, data)
+    return out

@@ -1,9 +1,7 @@
 """Every accepted checkpoint layout, served by a real TorchServe, answers like the clean state_dict;
 a tampered archive never serves."""
 
-import io
 import json
-import zipfile
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ from safetensors.torch import save_file
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.manage import register_archive, worker_error, ArchiveInfo
-from tests.conftest import digits_spec_data, write_spec
+from tests.conftest import digits_spec_data, tamper_weights, write_spec
 
 LAYOUTS = {
     "plain": (lambda sd: sd, {}),
@@ -72,17 +70,7 @@ def test_tampered_archive_never_serves(torchserve, tmp_path, digits_model):
     spec = write_spec(tmp_path, digits_spec_data(name="tamper_me", weights="weights.pt"))
     store = torchserve.config.model_store
     built = build_archive(spec, export_path=store).archive
-    tampered = store / "tampered.mar"
-    with zipfile.ZipFile(built) as src, zipfile.ZipFile(tampered, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            if item.filename == "weights.pt":
-                state = torch.load(io.BytesIO(data), weights_only=True)
-                state["classifier.4.bias"] += 1.0
-                buffer = io.BytesIO()
-                torch.save(state, buffer)
-                data = buffer.getvalue()
-            dst.writestr(item, data)
+    tampered = tamper_weights(built, store / "tampered.mar", "weights.pt")
 
     refused = torchserve.mar("register", tampered, check=False)
     assert refused.returncode == 1

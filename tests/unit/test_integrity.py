@@ -6,7 +6,7 @@ import zipfile
 
 import torch
 
-from tests.conftest import run_mar, save_weights, write_spec, digits_spec_data
+from tests.conftest import digits_spec_data, run_mar, save_weights, tamper_weights, write_spec
 
 
 def _build(spec, store, *extra):
@@ -47,18 +47,7 @@ def test_verify_passes_on_a_fresh_build(digits_spec, tmp_path):
 
 def test_tampered_weights_fail_verification(digits_spec, tmp_path):
     _build(digits_spec, tmp_path)
-    original = tmp_path / "digits_cnn-1.0.mar"
-    tampered = tmp_path / "tampered.mar"
-    with zipfile.ZipFile(original) as src, zipfile.ZipFile(tampered, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            if item.filename == "digits.pt":
-                state = torch.load(src.open(item), weights_only=True)
-                state["classifier.4.bias"] += 1.0
-                buffer = __import__("io").BytesIO()
-                torch.save(state, buffer)
-                data = buffer.getvalue()
-            dst.writestr(item, data)
+    tampered = tamper_weights(tmp_path / "digits_cnn-1.0.mar", tmp_path / "tampered.mar", "digits.pt")
     result = run_mar("verify", tampered, check=False)
     assert result.returncode == 1
     assert "verify: FAILED" in result.stderr and "altered after `mar build`" in result.stderr
