@@ -193,12 +193,23 @@ def _fail_registration(config, client, info, response, log_offset) -> None:
     if response.status == 500 and "Failed to start workers" in response.message and \
             _is_registered(client, info):
         client.unregister(info.name, info.version)
-        cause = worker_error(_read_from(config.model_log, log_offset), info)
+        cause = _worker_traceback(config, info, log_offset)
         raise MarError(f"TorchServe registered {info.name} {info.version} but its worker failed to "
                        f"start, so the registration was removed. TorchServe said: "
                        f"{response.message}. The worker's error:\n{cause}")
     raise MarError(f"TorchServe refused {info.name} {info.version} (HTTP {response.status}): "
                    f"{response.message}")
+
+
+def _worker_traceback(config: ServerConfig, info: ArchiveInfo, log_offset: int) -> str:
+    """The worker's error from the model log; TorchServe writes that log asynchronously, so the
+    traceback may land a moment after the register call has answered."""
+    deadline = time.monotonic() + 5
+    while True:
+        cause = worker_error(_read_from(config.model_log, log_offset), info)
+        if cause.startswith("Traceback") or time.monotonic() > deadline:
+            return cause
+        time.sleep(0.2)
 
 
 def _golden_through_server(client: TorchServeClient, archive: Archive) -> None:

@@ -265,8 +265,13 @@ def test_restart_restores_models_and_default_versions(server, two_versions):
 
 def test_every_port_listens_on_loopback_only(server):
     java = [p for p in psutil.process_iter() if _is_server_of(p, server)]
-    listening = [c for p in java for c in p.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN]
+    deadline = time.monotonic() + 30  # the gRPC servers bind a moment after /ping is healthy
+    while True:
+        listening = [c for p in java for c in p.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN]
+        if len(listening) >= 5 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert len(listening) >= 5  # inference, management, metrics, gRPC inference and management
     # Java reports IPv4 sockets as IPv4-mapped IPv6 addresses (::ffff:127.0.0.1)
     addresses = {ipaddress.ip_address(c.laddr.ip) for c in listening}
