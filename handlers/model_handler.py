@@ -67,22 +67,9 @@ class ModelHandler:
         model_dir = Path(context.system_properties["model_dir"])
         resident_before = psutil.Process().memory_info().rss
         loaded = load_archive_model(model_dir, gpu_id=context.system_properties.get("gpu_id"))
-        self.spec, self.model, self.device = loaded.spec, loaded.model, loaded.device
-        self._input_dtype = input_dtype(self.spec)
-        # numpy has no bfloat16 (and float16 parsing is slow): parse floats as float32, then cast
-        self._numpy_dtype = np.float32 if self._input_dtype.is_floating_point else \
-            np.dtype(self.spec.input.dtype)
-        if self.device.type == "cpu":
-            torch.set_num_threads(self.spec.serving.cpu_threads)
+        self._adopt(loaded)
         self.initialized = True
-        if self.device.type == "cpu" and self.spec.serving.device == "auto":
-            logger.info("serving.device is auto and %s: serving on the CPU",
-                        "CUDA is not available" if not torch.cuda.is_available()
-                        else "TorchServe assigned no GPU to this worker")
-        logger.info("model %s %s (%s) ready on %s at %s; golden check max abs error %.3g",
-                    self.spec.name, self.spec.version, self.spec.arch, self.device,
-                    self.spec.serving.precision, loaded.golden_max_error)
-        logger.info(memory_report(resident_before, loaded.weights_bytes, self.device))
+        self._log_ready(loaded, resident_before)
 
     def handle(self, data: list[dict], context) -> list[bytes]:
         """Answer one TorchServe batch: a response body per request, in order."""
@@ -143,6 +130,25 @@ class ModelHandler:
             # Bytes go out as they are; TorchServe would re-encode a dict with json and indent=2.
             responses.append(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
         return responses
+
+    def _adopt(self, loaded) -> None:
+        self.spec, self.model, self.device = loaded.spec, loaded.model, loaded.device
+        self._input_dtype = input_dtype(self.spec)
+        # numpy has no bfloat16 (and float16 parsing is slow): parse floats as float32, then cast
+        self._numpy_dtype = np.float32 if self._input_dtype.is_floating_point else \
+            np.dtype(self.spec.input.dtype)
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.spec.serving.cpu_threads)
+
+    def _log_ready(self, loaded, resident_before: int) -> None:
+        if self.device.type == "cpu" and self.spec.serving.device == "auto":
+            logger.info("serving.device is auto and %s: serving on the CPU",
+                        "CUDA is not available" if not torch.cuda.is_available()
+                        else "TorchServe assigned no GPU to this worker")
+        logger.info("model %s %s (%s) ready on %s at %s; golden check max abs error %.3g",
+                    self.spec.name, self.spec.version, self.spec.arch, self.device,
+                    self.spec.serving.precision, loaded.golden_max_error)
+        logger.info(memory_report(resident_before, loaded.weights_bytes, self.device))
 
     def _decode_or_error(self, request: dict) -> Decoded | RequestError:
         try:

@@ -136,14 +136,17 @@ def _bench_builds(model: dict, root: Path, repeats: int) -> dict:
 
 
 def _stock_archive(model: dict, export: Path, archive_format: str, *, name: str = "bench_stock",
-                   handler: Path = ASSETS / "stock_handler.py", model_file: bool = True) -> Path:
+                   handler: Path = ASSETS / "stock_handler.py", model_file: bool = True,
+                   config_file: Path | None = None) -> Path:
+    """An archive made the stock way, by torch-model-archiver itself."""
     from model_archiver import ModelArchiver, ModelArchiverConfig
 
     ModelArchiver.generate_model_archive(ModelArchiverConfig(
         model_name=name, version="1.0", handler=str(handler),
         model_file=str(model["folder"] / "model.py") if model_file else None,
         serialized_file=str(model["weights"]), export_path=str(export),
-        archive_format=archive_format, force=True))
+        archive_format=archive_format, force=True,
+        config_file=str(config_file) if config_file else None))
     return export / f"{name}.mar"
 
 
@@ -294,21 +297,10 @@ def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, tuple[st
     stock = {"folder": folder, "weights": folder / "digits.pt"}
     for name, handler, model_file in (("tp_stock", "stock_handler.py", True),
                                       ("tp_noop", "noop_handler.py", False)):
-        _stock_archive_with_config(stock, config.model_store, name, ASSETS / handler, model_file,
-                                   folder / "model-config.yaml")
+        _stock_archive(stock, config.model_store, "zip-store", name=name, handler=ASSETS / handler,
+                       model_file=model_file, config_file=folder / "model-config.yaml")
     return {"ours": ("tp_ours", ours.name), "stock BaseHandler": ("tp_stock", "tp_stock.mar"),
             "no-op ceiling": ("tp_noop", "tp_noop.mar")}
-
-
-def _stock_archive_with_config(model: dict, export: Path, name: str, handler: Path,
-                               model_file: bool, config_file: Path) -> None:
-    from model_archiver import ModelArchiver, ModelArchiverConfig
-
-    ModelArchiver.generate_model_archive(ModelArchiverConfig(
-        model_name=name, version="1.0", handler=str(handler),
-        model_file=str(model["folder"] / "model.py") if model_file else None,
-        serialized_file=str(model["weights"]), export_path=str(export),
-        archive_format="zip-store", force=True, config_file=str(config_file)))
 
 
 def ab_run(config: ServerConfig, name: str, body: Path, level: int, seconds: float) -> dict:

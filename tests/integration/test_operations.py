@@ -20,7 +20,7 @@ import torch
 
 from scripts.client import TorchServeClient
 from scripts.config import private_env, read_config, write_private_config
-from tests.conftest import digits_spec_data, run_mar, save_weights, write_spec
+from tests.conftest import digits_spec_data, save_weights, write_spec
 from tests.integration.conftest import ServerUnderTest
 
 

@@ -4,7 +4,6 @@ import json
 import zipfile
 
 import pytest
-import torch
 import yaml
 
 from handlers.loading import WeightsError

@@ -6,7 +6,7 @@ import zipfile
 
 import torch
 
-from tests.conftest import digits_spec_data, run_mar, save_weights, tamper_weights, write_spec
+from tests.conftest import digits_spec_data, run_mar, tamper_weights, write_spec
 
 
 def _build(spec, store, *extra):

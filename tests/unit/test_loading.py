@@ -1,6 +1,5 @@
 """The one loading path: strict, prefix-normalised, weights_only, with a readable report."""
 
-from pathlib import Path
 
 import pytest
 import torch
