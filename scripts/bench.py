@@ -222,7 +222,9 @@ def cold_start(config: ServerConfig, name: str, url: str, probe: bytes, *,
     seconds = time.perf_counter() - started
     if not keep:
         client.unregister(name)
-        time.sleep(0.5)  # let TorchServe delete the extracted copy before the next run
+        # Let the old worker exit and TorchServe delete the extracted copy: freeing a GiB of
+        # mappings and files must not land in the next measurement.
+        time.sleep(2.0)
     return {"seconds": seconds, "memory_ratio": _memory_ratio(config, log_offset)}
 
 
