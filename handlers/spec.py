@@ -259,20 +259,34 @@ def _check_labels(value: Any, problems: list[str]) -> tuple[str, ...] | None:
     return tuple(str(label) for label in value)
 
 
-def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
+def _optional_section(value: Any, name: str, allowed: tuple[str, ...],
+                      problems: list[str]) -> dict | None:
+    """An optional mapping section with its keys checked: {} when absent, None when not a mapping."""
     if value is None:
-        return ServingSpec()
+        return {}
     if not isinstance(value, dict):
-        problems.append(f"`serving` must be a mapping, got {value!r}")
+        problems.append(f"`{name}` must be a mapping, got {value!r}")
+        return None
+    _check_keys(value, (), allowed, f"{name}.", problems)
+    return value
+
+
+def _check_bool(settings: dict, key: str, prefix: str, problems: list[str]) -> None:
+    """Drop (and report) a setting that should be true or false but is not."""
+    if key in settings and not isinstance(settings[key], bool):
+        problems.append(f"`{prefix}.{key}` {settings.pop(key)!r} must be true or false")
+
+
+def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
+    section = _optional_section(value, "serving", _SERVING_KEYS, problems)
+    if section is None:
         return ServingSpec()
-    _check_keys(value, (), _SERVING_KEYS, "serving.", problems)
-    settings = {k: v for k, v in value.items() if k in _SERVING_KEYS}
+    settings = {k: v for k, v in section.items() if k in _SERVING_KEYS}
     for key in ("batch_size", "min_workers", "max_workers", "response_timeout_s", "cpu_threads"):
         _check_int(settings, key, minimum=1 if key != "min_workers" else 0, problems=problems)
     _check_int(settings, "max_batch_delay_ms", minimum=0, problems=problems)
     for key in ("tf32", "compile"):
-        if key in settings and not isinstance(settings[key], bool):
-            problems.append(f"`serving.{key}` {settings.pop(key)!r} must be true or false")
+        _check_bool(settings, key, "serving", problems)
     if settings.get("device_ids") is not None:
         ids = settings["device_ids"]
         if not (isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool)
@@ -303,21 +317,16 @@ def _check_int(settings: dict, key: str, *, minimum: int, problems: list[str]) -
 
 
 def _check_checkpoint(value: Any, problems: list[str]) -> CheckpointSpec:
-    if value is None:
+    section = _optional_section(value, "checkpoint", _CHECKPOINT_KEYS, problems)
+    if section is None:
         return CheckpointSpec()
-    if not isinstance(value, dict):
-        problems.append(f"`checkpoint` must be a mapping, got {value!r}")
-        return CheckpointSpec()
-    _check_keys(value, (), _CHECKPOINT_KEYS, "checkpoint.", problems)
-    use_ema = value.get("use_ema", False)
-    if not isinstance(use_ema, bool):
-        problems.append(f"`checkpoint.use_ema` {use_ema!r} must be true or false")
-    patterns = {}
+    settings = {k: v for k, v in section.items() if k in _CHECKPOINT_KEYS}
+    _check_bool(settings, "use_ema", "checkpoint", problems)
     for key in ("allow_missing", "ignore_unexpected"):
-        listed = value.get(key, [])
+        listed = settings.get(key, [])
         if not (isinstance(listed, list) and all(isinstance(p, str) and p for p in listed)):
             problems.append(f"`checkpoint.{key}` must be a list of key patterns such as "
                             f"'classifier.*', got {listed!r}")
             listed = []
-        patterns[key] = tuple(listed)
-    return CheckpointSpec(use_ema=use_ema is True, **patterns)
+        settings[key] = tuple(listed)
+    return CheckpointSpec(**settings)

@@ -299,7 +299,7 @@ def _cmd_models(args) -> int:
 
     client = TorchServeClient(read_config(args.config))
     names = [args.name] if args.name else [m["modelName"] for m in client.list_models()]
-    defaults = {name: client.describe(name, version=None)[0]["modelVersion"] for name in names}
+    defaults = {name: client.default_version(name) for name in names}
     described = [version for name in names for version in client.describe(name)]
     for model in described:
         model["isDefault"] = defaults[model["modelName"]] == model["modelVersion"]

@@ -26,8 +26,7 @@ from scripts.config import ServerConfig
 from scripts.errors import MarError
 from scripts.verify import verify_archive
 
-__all__ = ["Archive", "ArchiveInfo", "open_archive", "read_archive_info", "register_archive", "promote",
-           "worker_error"]
+__all__ = ["Archive", "ArchiveInfo", "open_archive", "register_archive", "promote", "worker_error"]
 
 # Model log lines look like: "2026-11-29T22:00:00,123 [INFO ] W-9000-digits_1.0-stdout MODEL_LOG - text"
 _LOG_LINE = re.compile(r"W-\d+-(?P<model>.+?)_(?P<version>[^_\s]+)-std(?:out|err) MODEL_LOG - (?P<text>.*)")
@@ -51,11 +50,6 @@ class Archive:
             return (self.path / member).read_bytes()
         with zipfile.ZipFile(self.path) as mar:
             return mar.read(member)
-
-
-def read_archive_info(archive: Path) -> ArchiveInfo:
-    """The model name and version in an archive's (or archive folder's) MAR-INF/MANIFEST.json."""
-    return open_archive(archive).info
 
 
 def register_archive(config: ServerConfig, archive: Path, *, workers: int | None = None,
@@ -141,6 +135,8 @@ def worker_error(log_text: str, info: ArchiveInfo) -> str:
 
 
 def open_archive(path: Path) -> Archive:
+    """The archive at `path` (a .mar or an archive folder): its manifest's name and version and
+    the spec it carries. Raises MarError when it is missing or not built by `mar build`."""
     try:
         if path.is_dir():
             manifest = json.loads((path / "MAR-INF" / "MANIFEST.json").read_text())
