@@ -131,6 +131,9 @@ def load_archive_model(model_dir: Path, *, gpu_id: int | str | None = None,
     loaded = build_model(spec, model_dir / info.weights_file, device=device,
                          expected_blake3=info.weights_blake3)
     model = loaded.model
+    if spec.serving.channels_last:
+        # convolutions then run in NHWC; their NCHW inputs are converted inside the first one
+        model = model.to(memory_format=torch.channels_last)
     if spec.serving.compile:
         model = _compiled_or_eager(model, model_dir, device)
     error = check_golden(model, model_dir, device)  # also the warm-up, at the largest batch

@@ -20,8 +20,8 @@ requests batched with it are answered normally and the worker keeps serving.
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import resource
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -65,6 +65,7 @@ class ModelHandler:
         """Check the archive's build record, load the model on its device, run the golden check
         (which is also the warm-up at the largest batch), then serve."""
         model_dir = Path(context.system_properties["model_dir"])
+        _receive_raw_bodies()
         resident_before = psutil.Process().memory_info().rss
         loaded = load_archive_model(model_dir, gpu_id=context.system_properties.get("gpu_id"))
         self._adopt(loaded)
@@ -167,7 +168,6 @@ class ModelHandler:
         return [{"label": labels[b], "probability": row[b], "probabilities": dict(zip(labels, row))}
                 for b, row in zip(best.tolist(), probabilities)]
 
-
     def _contract(self) -> str:
         shape = list(self.spec.input.shape)
         return (f"expected one sample of shape {shape} or a list of samples of shape [N, "
@@ -197,16 +197,23 @@ def memory_report(resident_before: int, weights_bytes: int, device: torch.device
             f"{growth / max(weights_bytes, 1):.2f}x the weights; GPU {gpu / 2**20:.1f} MiB)")
 
 
+def _receive_raw_bodies() -> None:
+    """Have TorchServe's worker hand request bodies over as bytes (it reads this variable per
+    request): its json.loads is 3-4x slower than orjson on float arrays, and on malformed JSON it
+    logs a traceback before passing the bytes on anyway."""
+    os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
+
+
 def _json_body(request: dict) -> Any:
+    """The parsed body: from bytes, or as it is where TorchServe parsed it already (a handler
+    used in-process, without `_receive_raw_bodies`)."""
     body = request.get("body", request.get("data"))
-    if isinstance(body, (bytes, bytearray)):
-        body = body.decode("utf-8", errors="replace")
-    if isinstance(body, str):
+    if isinstance(body, (bytes, bytearray, str)):
         try:
-            return json.loads(body)
-        except json.JSONDecodeError as err:
-            raise RequestError(f"request body is not valid JSON ({err}); send "
-                               'Content-Type: application/json with {"inputs": ...}') from None
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            raise RequestError(f"request body is not valid JSON ({err}); send UTF-8 JSON "
+                               '(no NaN or Infinity) with {"inputs": ...}') from None
     return body
 
 

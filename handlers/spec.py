@@ -70,6 +70,7 @@ class ServingSpec:
     device_ids: tuple[int, ...] | None = None  # GPUs this model's workers may use (deviceIds)
     tf32: bool = False  # allow TF32 matmuls at fp32 on Ampere+ GPUs (faster, ~1e-3 less exact)
     compile: bool = False  # torch.compile the model at load; falls back to eager, logged, on failure
+    channels_last: bool = False  # 4-D weights in NHWC: faster convolutions (oneDNN, cuDNN)
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,7 @@ def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
     for key in ("batch_size", "min_workers", "max_workers", "response_timeout_s", "cpu_threads"):
         _check_int(settings, key, minimum=1 if key != "min_workers" else 0, problems=problems)
     _check_int(settings, "max_batch_delay_ms", minimum=0, problems=problems)
-    for key in ("tf32", "compile"):
+    for key in ("tf32", "compile", "channels_last"):
         _check_bool(settings, key, "serving", problems)
     if settings.get("device_ids") is not None:
         ids = settings["device_ids"]

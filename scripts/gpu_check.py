@@ -36,12 +36,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--seconds", type=float, default=15, help="ab run per model")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_results" / "gpu_check.json")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR",
+                        help="copy the private server's ts_log.log and model_log.log here")
     args = parser.parse_args(argv)
     if shutil.which("ab") is None:
         print("gpu_check: needs ApacheBench: apt-get install apache2-utils", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="mar-gpu-check-") as scratch:
-        rows = _run(Path(scratch), args.size_mb, args.seconds)
+        try:
+            rows = _run(Path(scratch), args.size_mb, args.seconds)
+        finally:
+            if args.keep_logs:
+                _copy_logs(Path(scratch) / "logs", args.keep_logs)
     _print(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cuda": _gpu_name(),
@@ -105,6 +111,13 @@ def _measure(config, root: Path, name: str, spec: dict, seconds: float) -> dict:
             "requests_per_s": load["requests_per_s"], "p50_ms": load["p50_ms"],
             "p99_ms": load["p99_ms"], "failed": load["failed"],
             "gpu_mib_per_worker": memory.get(name, 0) / 2**20, "golden_max_abs_error": golden}
+
+
+def _copy_logs(logs: Path, destination: Path) -> None:
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in ("ts_log.log", "model_log.log"):
+        if (logs / name).exists():
+            shutil.copy(logs / name, destination / name)
 
 
 def _gpu_name() -> str:

@@ -125,9 +125,18 @@ def _torchserve_executable() -> str:
     return found
 
 
+def _java_found() -> bool:
+    """TorchServe's CLI runs $JAVA_HOME/bin/java when JAVA_HOME is set, else PATH's java."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        return (Path(java_home) / "bin" / "java").exists()
+    return shutil.which("java") is not None
+
+
 def _torchserve(*args: str, cwd, env: dict[str, str] | None = None) -> None:
-    if shutil.which("java") is None:
-        raise MarError("TorchServe's frontend needs Java 17 and `java` is not on PATH. Install it, "
+    if not _java_found():
+        raise MarError("TorchServe's frontend needs Java 17: `java` is not on PATH and JAVA_HOME "
+                       "does not point at one. Install it, "
                        "e.g. `sudo apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or "
                        "`brew install openjdk@17` (macOS), then retry.")
     # The Java server inherits stdout/stderr: send them to a file, not a pipe that never closes.

@@ -75,6 +75,20 @@ def test_malformed_requests_do_not_fail_their_batch(torchserve, digits_spec, dig
     assert len(worker_ids) == 1  # the worker was never replaced
 
 
+def test_body_that_is_not_json_gets_a_400_from_the_handler(torchserve, digits_spec):
+    torchserve.mar("build", digits_spec)
+    torchserve.mar("register", torchserve.config.model_store / "digits_cnn-1.0.mar")
+    client = TorchServeClient(torchserve.config)
+    try:
+        response = client.predict("digits_cnn", b'{"inputs": [[0.5, 0.5')
+    finally:
+        torchserve.mar("unregister", "digits_cnn")
+    assert response.status == 400
+    assert "request body is not valid JSON" in response.json()["message"]
+    # the handler parses bodies itself: TorchServe's own parser would log a traceback first
+    assert "Failed json decoding" not in torchserve.config.model_log.read_text()
+
+
 def torchserve_workers(client: TorchServeClient) -> list[dict]:
     return client.describe("digits_cnn")[0]["workers"]
 

@@ -1,4 +1,5 @@
-"""The GPU paths' logic, on the CPU: placement config, precision, TF32, compile, transfers."""
+"""The GPU paths' logic, on the CPU: placement config, precision, TF32, compile, channels-last,
+transfers."""
 
 import json
 import logging
@@ -34,6 +35,7 @@ def test_gpu_spec_generates_device_type_and_ids(tmp_path, digits_model):
     ({"device_ids": [0, -1]}, "`serving.device_ids` [0, -1] must be a list of GPU indices"),
     ({"tf32": "yes"}, "`serving.tf32` 'yes' must be true or false"),
     ({"compile": 1}, "`serving.compile` 1 must be true or false"),
+    ({"channels_last": "on"}, "`serving.channels_last` 'on' must be true or false"),
 ])
 def test_gpu_settings_are_validated(tmp_path, serving, message):
     data = digits_spec_data()
@@ -64,6 +66,16 @@ def test_compile_true_serves_a_compiled_model_that_passes_the_golden_check(tmp_p
         loaded = load_archive_model(_archive_dir(tmp_path, digits_model, compile=True,
                                                  batch_size=2))
     assert "serving the torch.compile'd model" in caplog.text
+    assert loaded.golden_max_error < 1e-4
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_stores_convolution_weights_nhwc(tmp_path, digits_model, channels_last):
+    loaded = load_archive_model(_archive_dir(tmp_path, digits_model, channels_last=channels_last))
+    # with one input channel NCHW and NHWC are the same layout: check the others
+    weights = [p for p in loaded.model.parameters() if p.dim() == 4 and p.shape[1] > 1]
+    assert weights and all(p.is_contiguous(memory_format=torch.channels_last) is channels_last
+                           for p in weights)
     assert loaded.golden_max_error < 1e-4
 
 
