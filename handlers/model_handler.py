@@ -138,8 +138,9 @@ class ModelHandler:
         # numpy has no bfloat16 (and float16 parsing is slow): parse floats as float32, then cast
         self._numpy_dtype = np.float32 if self._input_dtype.is_floating_point else \
             np.dtype(self.spec.input.dtype)
-        if self.device.type == "cpu":
-            torch.set_num_threads(self.spec.serving.cpu_threads)
+        # On a GPU too: the worker's own CPU work (decoding, softmax) gains nothing from all cores,
+        # and several workers each spinning up every core's thread starve one another.
+        torch.set_num_threads(self.spec.serving.cpu_threads)
 
     def _log_ready(self, loaded, resident_before: int) -> None:
         if self.device.type == "cpu" and self.spec.serving.device == "auto":

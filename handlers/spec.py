@@ -66,7 +66,7 @@ class ServingSpec:
     response_timeout_s: int = 120  # also bounds the worker's start-up (loading the weights)
     device: str = "auto"  # auto: the GPU TorchServe assigns if CUDA works, else the CPU
     precision: str = "fp32"  # the model is cast at load; inputs follow
-    cpu_threads: int = 1  # torch threads per worker on the CPU; scale with workers first
+    cpu_threads: int = 1  # torch threads per worker, on a GPU too; scale with workers first
     device_ids: tuple[int, ...] | None = None  # GPUs this model's workers may use (deviceIds)
     tf32: bool = False  # allow TF32 matmuls at fp32 on Ampere+ GPUs (faster, ~1e-3 less exact)
     compile: bool = False  # torch.compile the model at load; falls back to eager, logged, on failure

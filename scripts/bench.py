@@ -67,6 +67,7 @@ def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
                 results["cold_start"] = _bench_cold_starts(config, model, root, repeats)
                 _print_cold_start(results)
             if "throughput" in parts and throughput_s > 0:
+                results["throughput_serving"] = _demo_serving()
                 results["throughput"] = _bench_throughput(config, root, throughput_s, concurrency,
                                                           repeats)
                 _print_throughput(results)
@@ -282,7 +283,7 @@ def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, tuple[st
 
     folder = root / "throughput"
     folder.mkdir()
-    spec = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml").read_text())
+    spec = _demo_spec()
     torch.manual_seed(0)
     model = create_model("digits_cnn", **spec["params"])
     torch.save(model.state_dict(), folder / "digits.pt")
@@ -303,6 +304,15 @@ def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, tuple[st
                        model_file=model_file, config_file=folder / "model-config.yaml")
     return {"ours": ("tp_ours", ours.name), "stock BaseHandler": ("tp_stock", "tp_stock.mar"),
             "no-op ceiling": ("tp_noop", "tp_noop.mar")}
+
+
+def _demo_spec() -> dict:
+    return yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml").read_text())
+
+
+def _demo_serving() -> dict:
+    serving = _demo_spec()["serving"]
+    return {key: serving[key] for key in ("batch_size", "max_batch_delay_ms")}
 
 
 def ab_run(config: ServerConfig, name: str, body: Path, level: int, seconds: float) -> dict:
@@ -358,7 +368,9 @@ def _print_cold_start(results: dict) -> None:
 
 
 def _print_throughput(results: dict) -> None:
-    print("\nthroughput, demo digits CNN, batch 8, delay 5 ms, 1 worker (ab -k)")
+    serving = results["throughput_serving"]
+    print(f"\nthroughput, demo digits CNN, batch {serving['batch_size']}, delay "
+          f"{serving['max_batch_delay_ms']} ms, 1 worker (ab -k)")
     for level, variants in results["throughput"].items():
         ceiling = variants["no-op ceiling"]["requests_per_s"]
         for name, row in variants.items():

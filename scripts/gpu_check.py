@@ -1,8 +1,9 @@
 """The GPU check behind scripts/gpu_check.sh: one table from a private TorchServe with one GPU.
 
 For the demo digits CNN and a ~1 GiB MLP, each at fp32 and fp16: cold start (register call to first
-prediction), requests/s and p50/p99 at concurrency 64 (ab), GPU memory per worker and the golden
-check's max abs error (both from the worker's log), and the device the worker chose.
+prediction), requests/s and p50/p99 at concurrency 64 (ab) with `--workers` workers on the one GPU,
+GPU memory per worker and the golden check's max abs error (both from the worker's log), and the
+device the worker chose.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from scripts.config import REPO_ROOT, private_env, read_config, write_private_co
 from scripts.digits import load_split, save_state_dict, train
 from scripts.server import start_server, stop_server
 
+BATCH_SIZE = 16  # for both models, as the demo spec serves the digits CNN
 _READY = re.compile(r"model (\S+) \S+ \(\S+\) ready on (\S+) at \S+; golden check max abs error (\S+)")
 _MEMORY = re.compile(r"W-\d+-(\S+?)_[^_\s]+-stdout MODEL_LOG - load memory: resident_growth_bytes="
                      r"\d+ weights_bytes=\d+ gpu_allocated_bytes=(\d+)")
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--seconds", type=float, default=15, help="ab run per model")
+    parser.add_argument("--workers", type=int, default=1, help="workers per model under load")
+    parser.add_argument("--models", nargs="+", choices=("digits", "mlp1g"),
+                        default=["digits", "mlp1g"])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_results" / "gpu_check.json")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR",
                         help="copy the private server's ts_log.log and model_log.log here")
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="mar-gpu-check-") as scratch:
         try:
-            rows = _run(Path(scratch), args.size_mb, args.seconds)
+            rows = _run(Path(scratch), args)
         finally:
             if args.keep_logs:
                 _copy_logs(Path(scratch) / "logs", args.keep_logs)
@@ -56,46 +61,48 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(root: Path, size_mb: int, seconds: float) -> list[dict]:
+def _run(root: Path, args: argparse.Namespace) -> list[dict]:
     env = private_env(root)
     config_path = write_private_config(root)
     with config_path.open("a") as config_file:
         config_file.write("number_of_gpu=1\n")
     config = read_config(config_path)
-    specs = _specs(root, size_mb)
+    specs = _specs(root, args.size_mb, args.models)
     for spec in specs.values():
         build_archive(spec["path"], export_path=config.model_store)
     start_server(config, env=env, restore=False)
     rows = []
     try:
         for name, spec in specs.items():
-            rows.append(_measure(config, root, name, spec, seconds))
+            rows.append(_measure(config, root, name, spec, args.seconds, args.workers))
     finally:
         stop_server(config, env=env)
     return rows
 
 
-def _specs(root: Path, size_mb: int) -> dict[str, dict]:
-    split = load_split()
-    digits = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml").read_text())
-    save_state_dict(train(split, digits["params"]), root / "digits.pt")
-    big = make_bench_model(root, size_mb)
-    base = {"digits": ({**digits, "weights": str(root / "digits.pt")}, [[[0.5] * 8] * 8]),
-            "mlp1g": (yaml.safe_load(big["spec"].read_text()) | {"weights": str(big["weights"])},
-                      [0.5] * big["width"])}
+def _specs(root: Path, size_mb: int, models: list[str]) -> dict[str, dict]:
+    base = {}
+    if "digits" in models:
+        digits = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml").read_text())
+        save_state_dict(train(load_split(), digits["params"]), root / "digits.pt")
+        base["digits"] = ({**digits, "weights": str(root / "digits.pt")}, [[[0.5] * 8] * 8])
+    if "mlp1g" in models:
+        big = make_bench_model(root, size_mb)
+        base["mlp1g"] = (yaml.safe_load(big["spec"].read_text()) | {"weights": str(big["weights"])},
+                         [0.5] * big["width"])
     specs = {}
     for label, (data, sample) in base.items():
         for precision in ("fp32", "fp16"):
             name = f"{label}_{precision}"
             serving = {**data.get("serving", {}), "precision": precision, "device": "auto",
-                       "batch_size": 8, "max_batch_delay_ms": 5, "response_timeout_s": 600}
+                       "batch_size": BATCH_SIZE, "max_batch_delay_ms": 5, "response_timeout_s": 600}
             path = root / f"{name}.yaml"
             path.write_text(yaml.safe_dump({**data, "name": name, "serving": serving}))
             specs[name] = {"path": path, "sample": sample}
     return specs
 
 
-def _measure(config, root: Path, name: str, spec: dict, seconds: float) -> dict:
+def _measure(config, root: Path, name: str, spec: dict, seconds: float, workers: int) -> dict:
     body = root / f"{name}.json"
     body.write_text(json.dumps({"inputs": spec["sample"]}))
     offset = config.model_log.stat().st_size if config.model_log.exists() else 0
@@ -103,11 +110,13 @@ def _measure(config, root: Path, name: str, spec: dict, seconds: float) -> dict:
     log = config.model_log.read_bytes()[offset:].decode(errors="replace")
     ready = {m[0]: (m[1], float(m[2])) for m in _READY.findall(log)}
     memory = {m[0]: int(m[1]) for m in _MEMORY.findall(log)}
+    if workers > 1:
+        TorchServeClient(config).scale(name, None, min_workers=workers, max_workers=workers)
     ab_run(config, name, body, 64, min(seconds, 3))  # warm-up
     load = ab_run(config, name, body, 64, seconds)
     TorchServeClient(config).unregister(name)
     device, golden = ready.get(name, ("?", float("nan")))
-    return {"model": name, "device": device, "cold_start_s": started["seconds"],
+    return {"model": name, "workers": workers, "device": device, "cold_start_s": started["seconds"],
             "requests_per_s": load["requests_per_s"], "p50_ms": load["p50_ms"],
             "p99_ms": load["p99_ms"], "failed": load["failed"],
             "gpu_mib_per_worker": memory.get(name, 0) / 2**20, "golden_max_abs_error": golden}
@@ -125,11 +134,12 @@ def _gpu_name() -> str:
 
 
 def _print(rows: list[dict]) -> None:
-    print(f"\nGPU check, {time.strftime('%Y-%m-%d')}, {_gpu_name()}, torch {torch.__version__}")
-    print(f"{'model':<12} {'device':<8} {'cold start':>10} {'req/s c=64':>11} {'p50':>6} {'p99':>6} "
-          f"{'GPU MiB':>8} {'golden err':>11} {'failed':>6}")
+    print(f"\nGPU check, {time.strftime('%Y-%m-%d')}, {_gpu_name()}, torch {torch.__version__}, "
+          f"batch {BATCH_SIZE}, delay 5 ms")
+    print(f"{'model':<12} {'device':<8} {'workers':>7} {'cold start':>10} {'req/s c=64':>11} "
+          f"{'p50':>6} {'p99':>6} {'GPU MiB':>8} {'golden err':>11} {'failed':>6}")
     for r in rows:
-        print(f"{r['model']:<12} {r['device']:<8} {r['cold_start_s']:>9.2f}s "
+        print(f"{r['model']:<12} {r['device']:<8} {r['workers']:>7} {r['cold_start_s']:>9.2f}s "
               f"{r['requests_per_s']:>11.0f} {r['p50_ms']:>5.0f}ms {r['p99_ms']:>5.0f}ms "
               f"{r['gpu_mib_per_worker']:>8.0f} {r['golden_max_abs_error']:>11.2g} {r['failed']:>6}")
 

@@ -14,9 +14,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.config import REPO_ROOT
 from scripts.errors import MarError
 
-__all__ = ["VerifyResult", "verify_archive"]
+__all__ = ["VerifyResult", "env_without_repository", "verify_archive"]
 
 _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
               "from handlers.integrity import main; sys.exit(main(sys.argv[1:]))")
@@ -45,8 +46,19 @@ def verify_archive(archive: Path, *, timeout_s: float = 600) -> VerifyResult:
 
 def _run(model_dir: Path, timeout_s: float) -> VerifyResult:
     model_dir = model_dir.resolve()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", _BOOTSTRAP, str(model_dir)], cwd=model_dir,
-                            env=env, capture_output=True, text=True, timeout=timeout_s)
+                            env=env_without_repository(), capture_output=True, text=True,
+                            timeout=timeout_s)
     report = (result.stdout + result.stderr).strip()
     return VerifyResult(result.returncode == 0, report.replace(str(model_dir), "<archive>"))
+
+
+def env_without_repository() -> dict[str, str]:
+    """This environment with PYTHONPATH minus the repository: its model_defs must not stand in for
+    a file the archive lacks. Other entries (packages installed with pip --target) stay."""
+    env = dict(os.environ)
+    kept = [entry for entry in env.pop("PYTHONPATH", "").split(os.pathsep)
+            if entry and Path(entry).resolve() != REPO_ROOT]
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
+    return env

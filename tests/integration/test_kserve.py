@@ -103,7 +103,7 @@ def test_config_carries_the_snapshot_and_settings(tmp_path, digits_model):
     assert versions["2.0"]["defaultVersion"] and not versions["1.0"]["defaultVersion"]
     assert versions["1.0"] | {"defaultVersion": False} == {
         "defaultVersion": False, "marName": "digits_cnn-1.0.mar", "minWorkers": 1, "maxWorkers": 1,
-        "batchSize": 8, "maxBatchDelay": 5, "responseTimeout": 120}
+        "batchSize": 16, "maxBatchDelay": 5, "responseTimeout": 120}
     service = yaml.safe_load((tmp_path / "out" / "inferenceservice.yaml").read_text())
     predictor = service["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 5)

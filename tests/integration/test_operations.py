@@ -106,7 +106,7 @@ def test_register_options_scale_default_and_models_table(server, two_versions):
     server.mar("register", v2)
     table = server.mar("models", "digits_cnn").stdout
     assert re.search(r"digits_cnn\s+1\.0\s+yes\s+1/1 ready\s+1-2\s+4\s+20\s+120", table), table
-    assert re.search(r"digits_cnn\s+2\.0\s+1/1 ready\s+1-1\s+8\s+5\s+120", table), table
+    assert re.search(r"digits_cnn\s+2\.0\s+1/1 ready\s+1-1\s+16\s+5\s+120", table), table
 
     server.mar("set-default", "digits_cnn", "2.0")
     server.mar("scale", "digits_cnn", "--version", "2.0", "--min", "2", "--max", "3")

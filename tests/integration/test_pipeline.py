@@ -23,7 +23,7 @@ def test_build_register_predict_unregister(torchserve, digits_spec, digits_model
     assert str(archive) in built.stdout and archive.is_file()
     torchserve.mar("register", archive, "--workers", "1")
     table = torchserve.mar("models").stdout
-    assert re.search(r"digits_cnn\s+1\.0\s+yes\s+1/1 ready\s+1-1\s+8\s+5\s+120", table), table
+    assert re.search(r"digits_cnn\s+1\.0\s+yes\s+1/1 ready\s+1-1\s+16\s+5\s+120", table), table
 
     client = TorchServeClient(torchserve.config)
     torch.manual_seed(3)

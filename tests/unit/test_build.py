@@ -26,7 +26,7 @@ def test_archive_holds_exactly_what_the_handler_needs(digits_spec, tmp_path):
         "model_defs/__init__.py", "model_defs/registry.py", "model_defs/digits_cnn.py",
     }
     assert spec["weights"] == "digits.pt" and spec["arch"] == "digits_cnn"
-    assert config == {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5,
+    assert config == {"minWorkers": 1, "maxWorkers": 1, "batchSize": 16, "maxBatchDelay": 5,
                       "responseTimeout": 120, "startupTimeout": 120}
     assert manifest["model"]["modelName"] == "digits_cnn"
     assert manifest["model"]["handler"] == "model_handler.py"
@@ -36,12 +36,12 @@ def test_archive_holds_exactly_what_the_handler_needs(digits_spec, tmp_path):
 def test_device_setting_becomes_device_type(tmp_path, digits_model):
     save_weights(digits_model, tmp_path / "digits.pt")
     data = digits_spec_data(weights="digits.pt")
-    data["serving"].update(device="gpu", min_workers=2, max_workers=4, batch_size=16)
+    data["serving"].update(device="gpu", min_workers=2, max_workers=4, batch_size=32)
     result = build_archive(write_spec(tmp_path, data), export_path=tmp_path / "store")
     with zipfile.ZipFile(result.archive) as mar:
         config = yaml.safe_load(mar.read("model-config.yaml"))
     assert config["deviceType"] == "gpu"
-    assert (config["minWorkers"], config["maxWorkers"], config["batchSize"]) == (2, 4, 16)
+    assert (config["minWorkers"], config["maxWorkers"], config["batchSize"]) == (2, 4, 32)
 
 
 def test_failed_validation_writes_nothing_and_keeps_the_old_archive(tmp_path, digits_spec):
@@ -61,7 +61,7 @@ def test_forward_failure_is_reported_before_packaging(tmp_path, digits_model):
     spec = write_spec(tmp_path, digits_spec_data(weights="digits.pt", input={"shape": [3, 8, 8]}))
     result = run_mar("build", spec, "--export-path", tmp_path / "store", check=False)
     assert result.returncode == 1
-    assert "forward pass on an input of shape [8, 3, 8, 8] (float32) failed" in result.stderr
+    assert "forward pass on an input of shape [16, 3, 8, 8] (float32) failed" in result.stderr
     assert "Check `input.shape`" in result.stderr
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
 

@@ -79,6 +79,20 @@ def test_channels_last_stores_convolution_weights_nhwc(tmp_path, digits_model, c
     assert loaded.golden_max_error < 1e-4
 
 
+def test_torch_threads_follow_the_spec_on_a_gpu_too(tmp_path, digits_model):
+    from handlers.integrity import ArchiveModel
+
+    loaded = load_archive_model(_archive_dir(tmp_path, digits_model, cpu_threads=1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # as if TorchServe had assigned a GPU: no CUDA is touched before serving
+        ModelHandler()._adopt(ArchiveModel(loaded.spec, loaded.model, torch.device("cuda", 0),
+                                           loaded.golden_max_error, loaded.weights_bytes))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_requests_follow_the_model_precision(tmp_path, digits_model):
     from ts.context import Context, RequestProcessor
 

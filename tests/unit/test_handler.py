@@ -1,7 +1,6 @@
 """The handler in-process with TorchServe's own Context, and from an extracted archive alone."""
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -11,6 +10,7 @@ import torch
 
 from handlers.model_handler import ModelHandler
 from scripts.build import build_archive
+from scripts.verify import env_without_repository
 from tests.conftest import REPO_ROOT
 from ts.context import Context, RequestProcessor
 
@@ -92,7 +92,7 @@ print(json.dumps({"outputs": json.loads(out[0])["outputs"], "inputs": inputs, "f
 def test_extracted_archive_serves_without_the_repository(model_dir, digits_model, tmp_path):
     result = subprocess.run([sys.executable, "-c", ARCHIVE_ONLY, str(model_dir), str(REPO_ROOT)],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120,
-                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+                            env=env_without_repository())
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["files"] and all(f.startswith(str(model_dir)) for f in answer["files"])

@@ -36,7 +36,7 @@ def test_build_record_names_every_file_and_the_environment(digits_spec, tmp_path
     assert "model_defs/digits_cnn.py" in record["files"] and "handlers/loading.py" in record["files"]
     assert record["torch_version"] == torch.__version__
     assert len(record["source"]["git_commit"]) == 40
-    assert record["golden"] == {"file": "golden.pt", "precision": "fp32", "batch_size": 8}
+    assert record["golden"] == {"file": "golden.pt", "precision": "fp32", "batch_size": 16}
 
 
 def test_verify_passes_on_a_fresh_build(digits_spec, tmp_path):

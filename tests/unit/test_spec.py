@@ -9,7 +9,7 @@ from tests.conftest import DIGITS_SPEC, REPO_ROOT, digits_spec_data, write_spec
 def test_bundled_spec_loads():
     spec = load_spec(DIGITS_SPEC)
     assert (spec.name, spec.arch, spec.input.shape) == ("digits_cnn", "digits_cnn", (1, 8, 8))
-    assert spec.serving.batch_size == 8 and spec.labels[3] == "3"
+    assert spec.serving.batch_size == 16 and spec.labels[3] == "3"
 
 
 def _error_for(tmp_path, data) -> str:
