@@ -188,12 +188,19 @@ def _bench_cold_starts(config: ServerConfig, model: dict, root: Path, repeats: i
         "stock eager (zip-store .mar)": ("stock_zipstore", "stock_zipstore.mar"),
         "TorchServe floor (no-op, zip-store)": ("noop_floor", "noop_floor.mar"),
     }
+    # Interleaved round by round after a warm-up round, so no variant always runs first (right
+    # after the builds) or last.
+    runs: dict[str, list[dict]] = {label: [] for label in variants}
+    for round_index in range(repeats + 1):
+        for label, (name, url) in variants.items():
+            run = cold_start(config, name, url, probe)
+            if round_index > 0:
+                runs[label].append(run)
     results = {}
-    for label, (name, url) in variants.items():
-        runs = [cold_start(config, name, url, probe) for _ in range(repeats + 1)][1:]
-        memory = [r["memory_ratio"] for r in runs if r["memory_ratio"] is not None]
-        results[label] = {"median_s": statistics.median(r["seconds"] for r in runs),
-                          "runs_s": [r["seconds"] for r in runs],
+    for label, rows in runs.items():
+        memory = [r["memory_ratio"] for r in rows if r["memory_ratio"] is not None]
+        results[label] = {"median_s": statistics.median(r["seconds"] for r in rows),
+                          "runs_s": [r["seconds"] for r in rows],
                           "memory_growth_over_weights": max(memory) if memory else None}
     return results
 
@@ -212,6 +219,9 @@ def cold_start(config: ServerConfig, name: str, url: str, probe: bytes, *,
     weights (from its log); unregisters the model afterwards unless `keep`."""
     client = TorchServeClient(config)
     log_offset = config.model_log.stat().st_size if config.model_log.exists() else 0
+    # Write back what earlier steps left dirty (GiBs of archives), or the kernel throttles this
+    # run's unpacking to flush it and the time lands on whichever variant comes next.
+    os.sync()
     started = time.perf_counter()
     response = client.register(url, initial_workers=1)
     if response.status != 200:

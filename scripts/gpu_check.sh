@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check, for a host with an NVIDIA GPU (under 8 minutes): builds the demo model and a ~1 GiB
+# GPU check, for a host with an NVIDIA GPU (about 4 minutes): builds the demo model and a ~1 GiB
 # MLP, starts a private TorchServe with number_of_gpu=1, registers each at fp32 and fp16, and prints
 # one table: cold start, throughput and p50/p99 at concurrency 64, GPU memory per worker, golden check.
 #
