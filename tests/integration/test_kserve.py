@@ -107,7 +107,7 @@ def test_config_carries_the_snapshot_and_settings(tmp_path, digits_model):
     service = yaml.safe_load((tmp_path / "out" / "inferenceservice.yaml").read_text())
     predictor = service["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 5)
-    assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] == 8
+    assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] == 16
     assert "nvidia.com/gpu" not in predictor["model"]["resources"]["limits"]
 
 
