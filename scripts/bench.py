@@ -33,7 +33,8 @@ import yaml
 
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
-from scripts.config import REPO_ROOT, ServerConfig, private_env, read_config, write_private_config
+from scripts.config import (DEMO_SPEC, REPO_ROOT, ServerConfig, private_env, read_config,
+                            write_private_config)
 from scripts.errors import MarError
 from scripts.server import start_server, stop_server
 
@@ -317,7 +318,7 @@ def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, tuple[st
 
 
 def _demo_spec() -> dict:
-    return yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml").read_text())
+    return yaml.safe_load(DEMO_SPEC.read_text())
 
 
 def _demo_serving() -> dict:

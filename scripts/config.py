@@ -15,10 +15,11 @@ from urllib.parse import urlsplit
 from scripts.errors import MarError
 
 __all__ = ["ServerConfig", "read_config", "write_private_config", "private_env", "free_ports",
-           "REPO_ROOT", "DEFAULT_CONFIG"]
+           "REPO_ROOT", "DEFAULT_CONFIG", "DEMO_SPEC"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "config.properties"
+DEMO_SPEC = REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml"  # make demo, bench, gpu_check
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,17 @@ import time
 from handlers.spec import load_spec
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
-from scripts.config import DEFAULT_CONFIG, REPO_ROOT, read_config
+from scripts.config import DEFAULT_CONFIG, DEMO_SPEC, REPO_ROOT, read_config
 from scripts.digits import accuracy, load_split, save_state_dict, train
 from scripts.errors import MarError
 from scripts.manage import register_archive
 from scripts.server import start_server, stop_server
 
-SPEC = REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml"
 MIN_ACCURACY = 0.95
 
 
 def main() -> int:
-    spec = load_spec(SPEC)
+    spec = load_spec(DEMO_SPEC)
     config = read_config(DEFAULT_CONFIG)
     split = load_split()
 
@@ -37,7 +36,7 @@ def main() -> int:
           f"{len(split.train_labels)} images; eager test accuracy "
           f"{accuracy(model, split.test_images, split.test_labels):.2%}; state_dict -> {weights}")
 
-    result = build_archive(SPEC, export_path=config.model_store)
+    result = build_archive(DEMO_SPEC, export_path=config.model_store)
     print(f"built {result.archive}")
 
     start_server(config, restore=False)  # the demo starts from an empty server

@@ -23,7 +23,7 @@ import yaml
 from scripts.bench import ab_run, cold_start, make_bench_model
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
-from scripts.config import REPO_ROOT, private_env, read_config, write_private_config
+from scripts.config import DEMO_SPEC, REPO_ROOT, private_env, read_config, write_private_config
 from scripts.digits import load_split, save_state_dict, train
 from scripts.server import start_server, stop_server
 
@@ -83,7 +83,7 @@ def _run(root: Path, args: argparse.Namespace) -> list[dict]:
 def _specs(root: Path, size_mb: int, models: list[str]) -> dict[str, dict]:
     base = {}
     if "digits" in models:
-        digits = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml").read_text())
+        digits = yaml.safe_load(DEMO_SPEC.read_text())
         save_state_dict(train(load_split(), digits["params"]), root / "digits.pt")
         base["digits"] = ({**digits, "weights": str(root / "digits.pt")}, [[[0.5] * 8] * 8])
     if "mlp1g" in models:
@@ -110,11 +110,12 @@ def _measure(config, root: Path, name: str, spec: dict, seconds: float, workers:
     log = config.model_log.read_bytes()[offset:].decode(errors="replace")
     ready = {m[0]: (m[1], float(m[2])) for m in _READY.findall(log)}
     memory = {m[0]: int(m[1]) for m in _MEMORY.findall(log)}
+    client = TorchServeClient(config)
     if workers > 1:
-        TorchServeClient(config).scale(name, None, min_workers=workers, max_workers=workers)
+        client.scale(name, None, min_workers=workers, max_workers=workers)
     ab_run(config, name, body, 64, min(seconds, 3))  # warm-up
     load = ab_run(config, name, body, 64, seconds)
-    TorchServeClient(config).unregister(name)
+    client.unregister(name)
     device, golden = ready.get(name, ("?", float("nan")))
     return {"model": name, "workers": workers, "device": device, "cold_start_s": started["seconds"],
             "requests_per_s": load["requests_per_s"], "p50_ms": load["p50_ms"],
