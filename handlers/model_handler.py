@@ -1,18 +1,11 @@
 """TorchServe handler for archives built by `mar build`.
 
-The archive carries this file, the `handlers` package (spec and loading code), the `model_defs`
-files its architecture needs, `spec.yaml` and the weights. At start-up the handler rebuilds the model
-from those files alone, loads the state_dict on the GPU TorchServe assigned (or the CPU), and then
-serves JSON requests:
-
-    request:   {"inputs": <one sample of the spec's input shape, or a list of samples>}
-    response:  {"outputs": [<model output per sample>],
-                "predictions": [{"label", "probability", "probabilities"} per sample]}  # with labels
-
-KServe's v1 protocol (POST /v1/models/<name>:predict) is answered in its own envelope:
-
-    request:   {"instances": [<sample>, ...]}
-    response:  {"predictions": [<per sample: the prediction with its "outputs", or the outputs>]}
+The archive carries this file, the `handlers` package (spec, loading and protocol code), the
+`model_defs` files its architecture needs, `spec.yaml` and the weights. At start-up the handler
+rebuilds the model from those files alone, loads the state_dict on the GPU TorchServe assigned (or
+the CPU), and then answers JSON requests in three protocols (see handlers/protocols.py): ours
+(`{"inputs": ...}` on /predictions/<name>), KServe v1 (`{"instances": [...]}` on
+/v1/models/<name>:predict) and the Open Inference Protocol (KServe v2, on /v2/models/<name>/infer).
 
 A malformed request gets HTTP 400 with a message naming the expected shape and dtype; the other
 requests batched with it are answered normally and the worker keeps serving.
@@ -23,8 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import orjson
@@ -34,20 +28,12 @@ from torch import Tensor
 
 from handlers.integrity import load_archive_model
 from handlers.loading import input_dtype
+from handlers.protocols import Decoded, InputContract, RequestError, decode, error_body
 from handlers.spec import ModelSpec
 
 __all__ = ["ModelHandler", "RequestError", "handle", "memory_report"]
 
 logger = logging.getLogger(__name__)
-
-
-class RequestError(ValueError):
-    """A request that does not follow the model's input contract (answered with HTTP 400)."""
-
-
-class Decoded(NamedTuple):
-    samples: np.ndarray  # (n, *input.shape)
-    envelope: str  # "inputs" (ours) or "instances" (KServe v1)
 
 
 class ModelHandler:
@@ -59,11 +45,12 @@ class ModelHandler:
         self.device = torch.device("cpu")
         self.model: torch.nn.Module | None = None
         self._input_dtype = torch.float32
-        self._numpy_dtype = np.float32
+        self._contract: InputContract | None = None
 
     def initialize(self, context) -> None:
         """Check the archive's build record, load the model on its device, run the golden check
         (which is also the warm-up at the largest batch), then serve."""
+        _refuse_request_envelope()
         model_dir = Path(context.system_properties["model_dir"])
         _receive_raw_bodies()
         resident_before = psutil.Process().memory_info().rss
@@ -80,24 +67,9 @@ class ModelHandler:
         return self.postprocess(decoded, outputs, context)
 
     def preprocess(self, request: dict) -> Decoded:
-        """One request's samples as a (n, *input.shape) array. Raises RequestError."""
-        payload = _json_body(request)
-        envelope = next((key for key in ("inputs", "instances") if isinstance(payload, dict)
-                         and key in payload), None)
-        if envelope is None:
-            raise RequestError(f'expected a JSON object {{"inputs": ...}}; {self._contract()}')
-        try:
-            # numpy parses nested lists about twice as fast as torch.tensor
-            array = np.asarray(payload[envelope], dtype=self._numpy_dtype)
-        except (TypeError, ValueError, OverflowError) as err:
-            raise RequestError(f"`{envelope}` is not a numeric array ({err}); "
-                               f"{self._contract()}") from None
-        shape = self.spec.input.shape
-        if array.shape == shape and envelope == "inputs":
-            return Decoded(array[np.newaxis], envelope)
-        if array.ndim == len(shape) + 1 and array.shape[1:] == shape and len(array):
-            return Decoded(array, envelope)
-        raise RequestError(f"`{envelope}` has shape {list(array.shape)}; {self._contract()}")
+        """One request's samples as a (n, *input.shape) array, with the way to answer it in its
+        protocol. Raises RequestError."""
+        return decode(_json_body(request), self._contract, model=(self.spec.name, self.spec.version))
 
     def inference(self, batch: Tensor) -> Tensor:
         """Run the model on one batch (already on its device); the result comes back to the CPU
@@ -121,12 +93,11 @@ class ModelHandler:
         for idx, request in enumerate(decoded):
             if isinstance(request, RequestError):
                 context.set_response_status(400, str(request), idx)
-                body = {"code": 400, "type": "BadRequest", "message": str(request)}
+                body = error_body(str(request))
             else:
                 rows = slice(offset, offset + len(request.samples))
                 offset += len(request.samples)
-                body = _body(outputs_np[rows], predictions[rows] if predictions else None,
-                             request.envelope)
+                body = request.reply(outputs_np[rows], predictions[rows] if predictions else None)
             context.set_response_content_type(idx, "application/json")
             # Bytes go out as they are; TorchServe would re-encode a dict with json and indent=2.
             responses.append(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
@@ -136,8 +107,9 @@ class ModelHandler:
         self.spec, self.model, self.device = loaded.spec, loaded.model, loaded.device
         self._input_dtype = input_dtype(self.spec)
         # numpy has no bfloat16 (and float16 parsing is slow): parse floats as float32, then cast
-        self._numpy_dtype = np.float32 if self._input_dtype.is_floating_point else \
+        parse_dtype = np.dtype(np.float32) if self._input_dtype.is_floating_point else \
             np.dtype(self.spec.input.dtype)
+        self._contract = InputContract(self.spec.input.shape, self.spec.input.dtype, parse_dtype)
         # On a GPU too: the worker's own CPU work (decoding, softmax) gains nothing from all cores,
         # and several workers each spinning up every core's thread starve one another.
         torch.set_num_threads(self.spec.serving.cpu_threads)
@@ -168,23 +140,6 @@ class ModelHandler:
         labels = self.spec.labels
         return [{"label": labels[b], "probability": row[b], "probabilities": dict(zip(labels, row))}
                 for b, row in zip(best.tolist(), probabilities)]
-
-    def _contract(self) -> str:
-        shape = list(self.spec.input.shape)
-        return (f"expected one sample of shape {shape} or a list of samples of shape [N, "
-                f"{', '.join(map(str, shape))}], dtype {self.spec.input.dtype}, "
-                f'e.g. {{"inputs": {_zeros(shape)}}}')
-
-
-def _body(outputs: np.ndarray, predictions: list | None, envelope: str) -> dict[str, Any]:
-    if envelope == "instances":  # KServe v1: one prediction per instance
-        if predictions is None:
-            return {"predictions": outputs}
-        return {"predictions": [{**p, "outputs": o} for p, o in zip(predictions, outputs)]}
-    body: dict[str, Any] = {"outputs": outputs}
-    if predictions is not None:
-        body["predictions"] = predictions
-    return body
 
 
 def memory_report(resident_before: int, weights_bytes: int, device: torch.device) -> str:
@@ -218,18 +173,37 @@ def _json_body(request: dict) -> Any:
     return body
 
 
-def _zeros(shape: list[int]) -> str:
-    """A short literal example of the input shape, for error messages."""
-    text = "0.0"
-    for size in reversed(shape):
-        text = "[" + ", ".join([text] * min(size, 2)) + (", ...]" if size > 2 else "]")
-    return text
+def _refuse_request_envelope() -> None:
+    """Refuse to start behind one of TorchServe's request envelopes.
+
+    TorchServe wraps the entry point in the envelope its `service_envelope` setting names (KServe's
+    runtime sets TS_SERVICE_ENVELOPE, which applies when enable_envvars_config=true). Its `kserve`
+    and `kservev2` envelopes unwrap only the first request of a batch and answer the whole batch
+    with one response, which TorchServe then fails as a mismatch, so nothing behind them can serve
+    a batch. The loader has built the envelope by the time `initialize` runs; find it on the stack.
+    """
+    from ts.torch_handler.request_envelope.base import BaseEnvelope
+
+    frame = sys._getframe(1)
+    for _ in range(8):  # initialize <- handle <- TorchServe's loader, which holds the envelope
+        if frame is None:
+            return
+        envelope = next((v for v in frame.f_locals.values() if isinstance(v, BaseEnvelope)), None)
+        if envelope is not None:
+            raise RuntimeError(
+                f"TorchServe wraps this handler in its request envelope "
+                f"`{type(envelope).__module__.rsplit('.', 1)[-1]}` (TS_SERVICE_ENVELOPE, applied "
+                "because config.properties has enable_envvars_config=true). Its envelopes answer "
+                "only the first request of each batch; this handler reads KServe v1 and v2 bodies "
+                "itself. Set enable_envvars_config=false in config.properties (`mar export-kserve` "
+                "writes it so) or unset TS_SERVICE_ENVELOPE.")
+        frame = frame.f_back
 
 
 _service = ModelHandler()
 
 
-def handle(data: list[dict] | None, context) -> list[dict] | None:
+def handle(data: list[dict] | None, context) -> list[bytes] | None:
     """TorchServe's entry point: initialize on the first call (data is None), then serve."""
     if not _service.initialized:
         _service.initialize(context)

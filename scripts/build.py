@@ -31,7 +31,7 @@ __all__ = ["BuildResult", "build_archive", "model_config", "RUNTIME_FILES"]
 
 HANDLER_FILE = REPO_ROOT / "handlers" / "model_handler.py"
 # The handlers package files the handler imports; they travel in every archive.
-RUNTIME_FILES = ("__init__.py", "spec.py", "loading.py", "integrity.py")
+RUNTIME_FILES = ("__init__.py", "spec.py", "loading.py", "integrity.py", "protocols.py")
 MODEL_CONFIG_FILE = "model-config.yaml"
 
 

@@ -84,8 +84,11 @@ management_address=http://0.0.0.0:8085
 metrics_address=http://0.0.0.0:8082
 grpc_inference_port=7070
 grpc_management_port=7071
-# KServe and its autoscaler configure TorchServe through TS_* environment variables.
-enable_envvars_config=true
+# KServe's runtime sets TS_SERVICE_ENVELOPE (kserve or kservev2) for the pod; with environment
+# config on, TorchServe would wrap the handler in that envelope, which unwraps only the first
+# request of each batch. The handler reads KServe v1 and v2 bodies itself, so TS_* variables are
+# ignored: every setting is in this file.
+enable_envvars_config=false
 # Prometheus text on the metrics port, for KServe's and Knative's scrapers.
 enable_metrics_api=true
 metrics_mode=prometheus

@@ -22,7 +22,7 @@ def test_archive_holds_exactly_what_the_handler_needs(digits_spec, tmp_path):
     assert names == {
         "MAR-INF/MANIFEST.json", "model_handler.py", "spec.yaml", "model-config.yaml", "digits.pt",
         "build-info.json", "golden.pt", "handlers/integrity.py",
-        "handlers/__init__.py", "handlers/spec.py", "handlers/loading.py",
+        "handlers/__init__.py", "handlers/spec.py", "handlers/loading.py", "handlers/protocols.py",
         "model_defs/__init__.py", "model_defs/registry.py", "model_defs/digits_cnn.py",
     }
     assert spec["weights"] == "digits.pt" and spec["arch"] == "digits_cnn"

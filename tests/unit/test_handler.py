@@ -116,3 +116,24 @@ def test_kserve_v1_instances_get_predictions_back(model_dir, digits_model):
                           atol=1e-5)
     assert context.get_response_status(1)[0] == 400  # instances is a list of samples
     assert "`instances` has shape [1, 8, 8]" in answers[1]["message"]
+
+
+@pytest.mark.parametrize("envelope", [None, "kserve", "kservev2"])
+def test_handler_refuses_to_start_behind_a_request_envelope(model_dir, monkeypatch, envelope):
+    """TorchServe's own loader, as the worker runs it with TS_SERVICE_ENVELOPE applied."""
+    from ts.model_loader import TsModelLoader
+
+    monkeypatch.syspath_prepend(str(model_dir))
+    monkeypatch.delitem(sys.modules, "model_handler", raising=False)  # a fresh worker's import
+    load = lambda: TsModelLoader().load("digits_cnn", str(model_dir), handler="model_handler.py",
+                                        gpu_id=None, batch_size=1, envelope=envelope)
+    try:
+        if envelope is None:
+            assert load().context.model_name == "digits_cnn"
+        else:
+            with pytest.raises(RuntimeError) as err:
+                load()
+            assert f"request envelope `{envelope}`" in str(err.value)
+            assert "Set enable_envvars_config=false" in str(err.value)
+    finally:
+        sys.modules.pop("model_handler", None)
