@@ -1,11 +1,12 @@
 # The two set-up commands: `make demo` and `make test`. Both create .venv when it is missing.
+# `make test-fast`: the in-process unit tests only (under a minute), for the edit-test loop.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 KSERVE_VENV ?= .venv-kserve
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -15,14 +16,14 @@ $(VENV)/.installed: pyproject.toml
 	  echo "Install it first: sudo apt-get install openjdk-17-jre-headless (Debian/Ubuntu)"; \
 	  echo "or: brew install openjdk@17 (macOS); then rerun make."; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,demo]'
 	@touch $@
 
 demo: setup
 	$(BIN)/python -m scripts.demo
 
-# KServe's SDK only checks the exported InferenceService in the tests; it pins packages (psutil<6)
-# that the serving environment should not get, so it lives in a venv of its own.
+# KServe's SDK checks the exported InferenceService and is the client of the KServe tests; it pins
+# packages (psutil<6) that the serving environment should not get, so it lives in a venv of its own.
 $(KSERVE_VENV)/.installed:
 	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
 	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check kserve==0.21.0
@@ -30,6 +31,9 @@ $(KSERVE_VENV)/.installed:
 
 test: setup $(KSERVE_VENV)/.installed
 	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration"
 
 clean:
 	rm -rf artifacts logs key_file.json model_store/*.mar model_store/*-*/

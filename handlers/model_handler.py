@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import sys
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +28,37 @@ import psutil
 import torch
 from torch import Tensor
 
-from handlers.integrity import load_archive_model
-from handlers.loading import input_dtype
-from handlers.protocols import Decoded, InputContract, RequestError, decode, error_body
+from handlers.device import input_dtype
+from handlers.errors import RequestError
+from handlers.metrics import BatchClock
+from handlers.protocols import Decoded, InputContract, decode, error_body
 from handlers.spec import ModelSpec
+from handlers.startup import ArchiveModel, load_archive_model, worker_report
+from handlers.worker_report import WorkerReport
 
-__all__ = ["ModelHandler", "RequestError", "handle", "memory_report"]
+__all__ = ["ModelHandler", "Answer", "handle"]
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One request's share of a batch's outputs, ready to encode."""
+    request: Decoded
+    outputs: np.ndarray  # (n, ...) float32, n = the request's samples
+    predictions: list[dict[str, Any]] | None  # label and probabilities per sample, with labels
+
+
 class ModelHandler:
-    """initialize() once per worker, then handle() for every batch TorchServe sends."""
+    """initialize() once per worker, then handle() for every batch TorchServe sends.
+
+    A batch goes through five hooks, per request or per batch:
+        decode_request   one request body -> its samples and the way to answer it (or a 400)
+        batch            every accepted request's samples -> one tensor on the model's device
+        predict          the model on that tensor -> outputs on the CPU
+        unbatch          the outputs -> one Answer per accepted request
+        encode_response  an Answer (or the request's error) -> the response body
+    """
 
     def __init__(self) -> None:
         self.initialized = False
@@ -50,83 +71,89 @@ class ModelHandler:
     def initialize(self, context) -> None:
         """Check the archive's build record, load the model on its device, run the golden check
         (which is also the warm-up at the largest batch), then serve."""
-        _refuse_request_envelope()
-        model_dir = Path(context.system_properties["model_dir"])
-        _receive_raw_bodies()
-        resident_before = psutil.Process().memory_info().rss
-        loaded = load_archive_model(model_dir, gpu_id=context.system_properties.get("gpu_id"))
+        started, resident_before = time.perf_counter(), psutil.Process().memory_info().rss
+        try:
+            _refuse_request_envelope()
+            _receive_raw_bodies()
+            loaded = load_archive_model(Path(context.system_properties["model_dir"]),
+                                        gpu_id=context.system_properties.get("gpu_id"))
+        except Exception as err:
+            _report_failure(context, err)
+            raise
         self._adopt(loaded)
+        report = worker_report(loaded, resident_before=resident_before, started=started)
+        logger.info(report.summary())
+        logger.info(report.log_line())
         self.initialized = True
-        self._log_ready(loaded, resident_before)
 
-    def handle(self, data: list[dict], context) -> list[bytes]:
+    def handle(self, requests: list[dict], context) -> list[bytes]:
         """Answer one TorchServe batch: a response body per request, in order."""
-        decoded = [self._decode_or_error(request) for request in data]
-        valid = [d.samples for d in decoded if isinstance(d, Decoded)]
-        outputs = self.inference(self._to_device(np.concatenate(valid))) if valid else None
-        return self.postprocess(decoded, outputs, context)
+        clock = BatchClock()
+        decoded = [self._decode_or_error(request) for request in requests]
+        accepted = [d for d in decoded if isinstance(d, Decoded)]
+        clock.lap("decode")
+        answers = iter(self.unbatch(self.predict(self.batch(accepted)), accepted) if accepted else [])
+        clock.lap("predict")
+        bodies = [self.encode_response(d if isinstance(d, RequestError) else next(answers), idx,
+                                       context) for idx, d in enumerate(decoded)]
+        clock.lap("encode")
+        clock.report(context, requests=len(requests), errors=len(requests) - len(accepted),
+                     samples=sum(len(d.samples) for d in accepted))
+        return bodies
 
-    def preprocess(self, request: dict) -> Decoded:
+    def decode_request(self, request: dict) -> Decoded:
         """One request's samples as a (n, *input.shape) array, with the way to answer it in its
         protocol. Raises RequestError."""
         return decode(_json_body(request), self._contract, model=(self.spec.name, self.spec.version))
 
-    def inference(self, batch: Tensor) -> Tensor:
-        """Run the model on one batch (already on its device); the result comes back to the CPU
-        once, as float32."""
-        with torch.inference_mode():
-            return self.model(batch).float().cpu()
-
-    def _to_device(self, batch: np.ndarray) -> Tensor:
-        """The batch as a tensor of the model's input dtype on its device; on a GPU through
-        pinned memory, so the copy is asynchronous."""
-        tensor = torch.from_numpy(batch)
+    def batch(self, accepted: list[Decoded]) -> Tensor:
+        """Every accepted request's samples as one tensor of the model's input dtype on its
+        device; on a GPU through pinned memory, so the copy is asynchronous."""
+        tensor = torch.from_numpy(np.concatenate([d.samples for d in accepted]))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         return tensor.to(self.device, dtype=self._input_dtype, non_blocking=True)
 
-    def postprocess(self, decoded: list, outputs: Tensor | None, context) -> list[bytes]:
-        """Split the batch output into one compact JSON body per request; errors get HTTP 400."""
-        outputs_np = outputs.numpy() if outputs is not None else None
-        predictions = self._predictions(outputs) if outputs is not None else None
-        responses, offset = [], 0
-        for idx, request in enumerate(decoded):
-            if isinstance(request, RequestError):
-                context.set_response_status(400, str(request), idx)
-                body = error_body(str(request))
-            else:
-                rows = slice(offset, offset + len(request.samples))
-                offset += len(request.samples)
-                body = request.reply(outputs_np[rows], predictions[rows] if predictions else None)
-            context.set_response_content_type(idx, "application/json")
-            # Bytes go out as they are; TorchServe would re-encode a dict with json and indent=2.
-            responses.append(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
-        return responses
+    def predict(self, batch: Tensor) -> Tensor:
+        """Run the model on one batch; the result comes back to the CPU once, as float32."""
+        with torch.inference_mode():
+            return self.model(batch).float().cpu()
 
-    def _adopt(self, loaded) -> None:
+    def unbatch(self, outputs: Tensor, accepted: list[Decoded]) -> list[Answer]:
+        """Each accepted request's rows of the outputs, with their predictions."""
+        outputs_np = outputs.numpy()
+        predictions = self._predictions(outputs)
+        answers, offset = [], 0
+        for request in accepted:
+            rows = slice(offset, offset + len(request.samples))
+            offset += len(request.samples)
+            answers.append(Answer(request, outputs_np[rows],
+                                  predictions[rows] if predictions is not None else None))
+        return answers
+
+    def encode_response(self, answer: Answer | RequestError, idx: int, context) -> bytes:
+        """The response body in the request's protocol, as compact JSON bytes; a RequestError
+        becomes this request's HTTP 400 (its batch neighbours are unaffected)."""
+        if isinstance(answer, RequestError):
+            context.set_response_status(400, str(answer), idx)
+            body = error_body(str(answer))
+        else:
+            body = answer.request.reply(answer.outputs, answer.predictions)
+        context.set_response_content_type(idx, "application/json")
+        # Bytes go out as they are; TorchServe would re-encode a dict with json and indent=2.
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def _adopt(self, loaded: ArchiveModel) -> None:
         self.spec, self.model, self.device = loaded.spec, loaded.model, loaded.device
         self._input_dtype = input_dtype(self.spec)
         # numpy has no bfloat16 (and float16 parsing is slow): parse floats as float32, then cast
         parse_dtype = np.dtype(np.float32) if self._input_dtype.is_floating_point else \
             np.dtype(self.spec.input.dtype)
         self._contract = InputContract(self.spec.input.shape, self.spec.input.dtype, parse_dtype)
-        # On a GPU too: the worker's own CPU work (decoding, softmax) gains nothing from all cores,
-        # and several workers each spinning up every core's thread starve one another.
-        torch.set_num_threads(self.spec.serving.cpu_threads)
-
-    def _log_ready(self, loaded, resident_before: int) -> None:
-        if self.device.type == "cpu" and self.spec.serving.device == "auto":
-            logger.info("serving.device is auto and %s: serving on the CPU",
-                        "CUDA is not available" if not torch.cuda.is_available()
-                        else "TorchServe assigned no GPU to this worker")
-        logger.info("model %s %s (%s) ready on %s at %s; golden check max abs error %.3g",
-                    self.spec.name, self.spec.version, self.spec.arch, self.device,
-                    self.spec.serving.precision, loaded.golden_max_error)
-        logger.info(memory_report(resident_before, loaded.weights_bytes, self.device))
 
     def _decode_or_error(self, request: dict) -> Decoded | RequestError:
         try:
-            return self.preprocess(request)
+            return self.decode_request(request)
         except RequestError as err:
             return err
 
@@ -142,15 +169,14 @@ class ModelHandler:
                 for b, row in zip(best.tolist(), probabilities)]
 
 
-def memory_report(resident_before: int, weights_bytes: int, device: torch.device) -> str:
-    """One log line: how much this worker's resident memory grew while loading (its peak minus
-    before), relative to the weights, and the GPU memory the model holds."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    growth = max(peak - resident_before, 0)
-    gpu = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    return (f"load memory: resident_growth_bytes={growth} weights_bytes={weights_bytes} "
-            f"gpu_allocated_bytes={gpu} (resident +{growth / 2**20:.1f} MiB, "
-            f"{growth / max(weights_bytes, 1):.2f}x the weights; GPU {gpu / 2**20:.1f} MiB)")
+def _report_failure(context, err: Exception) -> None:
+    """Log the start-up error whole, then the one line that says so: TorchServe logs only some
+    errors itself, and `mar register` waits for this line to show the worker's own error."""
+    logger.error("start-up failed:\n%s", traceback.format_exc().rstrip())
+    model = context.manifest.get("model", {}) if isinstance(context.manifest, dict) else {}
+    logger.error(WorkerReport(event="failed", model=context.model_name,
+                              version=model.get("modelVersion", "?"),
+                              error=f"{type(err).__name__}: {err}").log_line())
 
 
 def _receive_raw_bodies() -> None:

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from handlers.errors import RequestError
+
 __all__ = ["RequestError", "InputContract", "Decoded", "decode", "error_body"]
 
 # Open Inference Protocol datatypes and the numpy dtype their JSON data parses to.
@@ -27,10 +29,6 @@ _OIP_DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32
                "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
                "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
 _OIP_OUTPUT = "output"  # the model's one output tensor, as named in v2 responses
-
-
-class RequestError(ValueError):
-    """A request that does not follow the model's input contract (answered with HTTP 400)."""
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,13 @@ Example (`model_defs/specs/digits_cnn.yaml`)::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from handlers.errors import SpecError
 
 __all__ = [
     "SpecError",
@@ -36,6 +38,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "spec_to_dict",
+    "check_worker_range",
     "DTYPES",
     "DEVICES",
     "PRECISIONS",
@@ -45,10 +48,6 @@ DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32")
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accepts
-
-
-class SpecError(ValueError):
-    """A spec file breaks a rule; the message names the file, every offending key and the fix."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,53 @@ class ServingSpec:
     tf32: bool = False  # allow TF32 matmuls at fp32 on Ampere+ GPUs (faster, ~1e-3 less exact)
     compile: bool = False  # torch.compile the model at load; falls back to eager, logged, on failure
     channels_last: bool = False  # 4-D weights in NHWC: faster convolutions (oneDNN, cuDNN)
+
+    # ---- the same settings in TorchServe's own forms ----
+
+    def model_config(self) -> dict[str, Any]:
+        """The archive's model-config.yaml. TorchServe takes responseTimeout and startupTimeout
+        from here and ignores a register call's values."""
+        config: dict[str, Any] = {
+            "minWorkers": self.min_workers, "maxWorkers": self.max_workers,
+            "batchSize": self.batch_size, "maxBatchDelay": self.max_batch_delay_ms,
+            "responseTimeout": self.response_timeout_s, "startupTimeout": self.response_timeout_s}
+        if self.device != "auto":
+            config["deviceType"] = self.device
+        if self.device_ids is not None:
+            config["deviceIds"] = list(self.device_ids)
+        return config
+
+    def snapshot_entry(self, mar_name: str, *, default: bool) -> dict[str, Any]:
+        """One model version in TorchServe's `model_snapshot` (what it registers at start-up)."""
+        return {"defaultVersion": default, "marName": mar_name, "minWorkers": self.min_workers,
+                "maxWorkers": self.max_workers, "batchSize": self.batch_size,
+                "maxBatchDelay": self.max_batch_delay_ms, "responseTimeout": self.response_timeout_s}
+
+    def register_params(self, *, initial_workers: int | None = None) -> dict[str, Any]:
+        """The management API's register query (POST /models) for these settings."""
+        return {"initial_workers": max(self.min_workers, 1) if initial_workers is None
+                else initial_workers, "batch_size": self.batch_size,
+                "max_batch_delay": self.max_batch_delay_ms}
+
+    def overridden(self, **changes: Any) -> "ServingSpec":
+        """These settings with `changes` applied (None values ignored), the worker range checked
+        as in a spec. Raises SpecError naming the command-line options."""
+        updated = replace(self, **{key: value for key, value in changes.items() if value is not None})
+        problems: list[str] = []
+        check_worker_range(updated.min_workers, updated.max_workers, problems,
+                           names=("min workers", "max workers (--max-workers)"))
+        if problems:
+            raise SpecError(problems[0] + ".")
+        return updated
+
+
+def check_worker_range(min_workers: int, max_workers: int, problems: list[str], *,
+                       names: tuple[str, str] = ("min_workers", "max_workers")) -> None:
+    """The one rule between worker counts, for specs, register overrides and `mar scale`;
+    `names` are the two settings as the user wrote them."""
+    if min_workers > max_workers:
+        problems.append(f"{names[0]} ({min_workers}) exceeds {names[1]} ({max_workers}); raise "
+                        f"{names[1]}")
 
 
 @dataclass(frozen=True)
@@ -302,9 +348,8 @@ def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
         problems.append(f"`serving.precision` {settings['precision']!r} is not one of "
                         f"{', '.join(PRECISIONS)}")
     serving = ServingSpec(**settings)
-    if serving.min_workers > serving.max_workers:
-        problems.append(f"`serving.min_workers` ({serving.min_workers}) exceeds "
-                        f"`serving.max_workers` ({serving.max_workers}); raise max_workers")
+    check_worker_range(serving.min_workers, serving.max_workers, problems,
+                       names=("`serving.min_workers`", "`serving.max_workers`"))
     return serving
 
 

@@ -6,7 +6,7 @@
     model = create_model("mlp", in_features=16, hidden_sizes=[32], out_features=4)
 
 This file travels inside every archive together with the definition files an architecture needs, so
-it imports only the standard library and torch.
+it imports only the standard library, torch and the (equally packaged) error types.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
+
+from handlers.errors import ArchitectureError
 
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry",
            "definition_files"]
@@ -60,11 +62,11 @@ def list_models() -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    """The registry entry for `name`. Raises KeyError listing the known names."""
+    """The registry entry for `name`. Raises ArchitectureError listing the known names."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown architecture {name!r}; registered: {', '.join(list_models())}. "
+        raise ArchitectureError(f"unknown architecture {name!r}; registered: {', '.join(list_models())}. "
                        f"Fix `arch` in the spec, or register the class with "
                        f"@register_model({name!r}, ...) in a module under {_PACKAGE}/.") from None
 
@@ -72,15 +74,18 @@ def get_entry(name: str) -> ModelEntry:
 def create_model(name: str, **params: Any) -> nn.Module:
     """Build the architecture `name` with `params` as keyword arguments.
 
-    Raises KeyError for an unknown name and TypeError (naming the accepted arguments) for bad params.
+    Raises ArchitectureError for an unknown name, or for params the constructor's signature does
+    not take (naming the accepted arguments); errors raised inside the constructor propagate.
     """
     factory = get_entry(name).factory
+    signature = inspect.signature(factory)
     try:
-        return factory(**params)
+        signature.bind(**params)
     except TypeError as err:
-        accepted = ", ".join(inspect.signature(factory).parameters)
-        raise TypeError(f"cannot build {name!r} with params {params}: {err}. "
-                        f"{name!r} accepts: {accepted}. Fix `params` in the spec.") from None
+        raise ArchitectureError(f"cannot build {name!r} with params {params}: {err}. {name!r} "
+                                f"accepts: {', '.join(signature.parameters)}. Fix `params` in the "
+                                "spec.") from None
+    return factory(**params)
 
 
 def definition_files(name: str) -> list[Path]:

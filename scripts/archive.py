@@ -1,4 +1,5 @@
-"""Write a model archive reproducibly and fast: a `.mar` zip, or the folder format TorchServe links.
+"""Model archives on disk, in both formats TorchServe loads (a `.mar` zip, or the folder it links):
+`open_archive` reads either, `write_archive` writes either reproducibly and fast.
 
 torch-model-archiver stages every input in a temporary copy, deflates weights that barely compress,
 and stamps the current time into the manifest and each entry, so the same inputs never give the same
@@ -9,15 +10,25 @@ sources: building the same spec and weights twice gives byte-identical archives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["FORMATS", "manifest_json", "write_archive", "archive_path"]
+import yaml
+
+from handlers.errors import MarError
+from handlers.records import SPEC_FILE
+from handlers.spec import ModelSpec, parse_spec
+
+__all__ = ["FORMATS", "MANIFEST_NAME", "Archive", "open_archive", "manifest_json", "write_archive",
+           "archive_path"]
 
 FORMATS = ("mar", "folder")
 MANIFEST_NAME = "MAR-INF/MANIFEST.json"
@@ -28,6 +39,61 @@ _COPY_CHUNK = 16 << 20
 # A file to copy, the bytes to write, or a function giving the bytes, called after every other
 # member is written (so a record of the others can be computed while they are written).
 Member = Path | bytes | Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Archive:
+    """A built archive, either format: its manifest's name and version and the spec it carries."""
+    path: Path
+    name: str
+    version: str
+    spec: ModelSpec
+
+    @property
+    def is_folder(self) -> bool:
+        return self.path.is_dir()
+
+    def read(self, member: str) -> bytes:
+        """One file of the archive. Raises MarError when it has no such file."""
+        return _read_member(self.path, member)
+
+    @contextlib.contextmanager
+    def extracted(self) -> Iterator[Path]:
+        """The archive as a folder, as TorchServe sees it: the folder itself, or a temporary
+        extraction of the .mar (removed afterwards)."""
+        if self.is_folder:
+            yield self.path
+            return
+        with tempfile.TemporaryDirectory(prefix="mar-extracted-") as folder:
+            with zipfile.ZipFile(self.path) as mar:
+                mar.extractall(folder)
+            yield Path(folder)
+
+
+def open_archive(path: Path) -> Archive:
+    """The archive at `path` (a .mar or an archive folder). Raises MarError when it is missing or
+    was not built by `mar build`."""
+    if not path.exists():
+        raise MarError(f"no archive at {path}. Build it first: `mar build SPEC.yaml`.")
+    if not path.is_dir():
+        try:
+            zipfile.ZipFile(path).close()
+        except zipfile.BadZipFile as err:
+            raise MarError(f"{path} is not a model archive ({err}). Rebuild it.") from None
+    manifest = json.loads(_read_member(path, MANIFEST_NAME))
+    spec = parse_spec(yaml.safe_load(_read_member(path, SPEC_FILE)), source=path / SPEC_FILE)
+    return Archive(path, manifest["model"]["modelName"], manifest["model"]["modelVersion"], spec)
+
+
+def _read_member(path: Path, member: str) -> bytes:
+    try:
+        if path.is_dir():
+            return (path / member).read_bytes()
+        with zipfile.ZipFile(path) as mar:
+            return mar.read(member)
+    except (FileNotFoundError, KeyError):
+        raise MarError(f"{path} has no {member}: it was not built by `mar build`, or was "
+                       "altered. Rebuild it.") from None
 
 
 def manifest_json(*, name: str, version: str, handler: str, weights: str, config_file: str) -> bytes:

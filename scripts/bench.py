@@ -31,17 +31,20 @@ from pathlib import Path
 import torch
 import yaml
 
+from handlers.spec import load_spec
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.config import (DEMO_SPEC, REPO_ROOT, ServerConfig, private_env, read_config,
                             write_private_config)
-from scripts.errors import MarError
+from handlers.errors import MarError
+from scripts.model_log import ModelLog
 from scripts.server import start_server, stop_server
 
 __all__ = ["run_bench", "make_bench_model", "cold_start", "ab_run"]
 
 ASSETS = Path(__file__).resolve().parent / "bench_assets"
-_MEMORY_LINE = re.compile(r"resident_growth_bytes=(\d+) weights_bytes=(\d+)")
+# The stock handlers log the same report line as ours; torch-model-archiver packs this beside them.
+WORKER_REPORT = REPO_ROOT / "handlers" / "worker_report.py"
 
 
 PARTS = ("build", "cold-start", "throughput")
@@ -147,7 +150,7 @@ def _stock_archive(model: dict, export: Path, archive_format: str, *, name: str 
         model_name=name, version="1.0", handler=str(handler),
         model_file=str(model["folder"] / "model.py") if model_file else None,
         serialized_file=str(model["weights"]), export_path=str(export),
-        archive_format=archive_format, force=True,
+        archive_format=archive_format, force=True, extra_files=str(WORKER_REPORT),
         config_file=str(config_file) if config_file else None))
     return export / f"{name}.mar"
 
@@ -217,17 +220,15 @@ def _spec_copy(model: dict, root: Path, name: str) -> Path:
 def cold_start(config: ServerConfig, name: str, url: str, probe: bytes, *,
                keep: bool = False) -> dict:
     """Seconds from the register call to the first 200, and the worker's memory growth over the
-    weights (from its log); unregisters the model afterwards unless `keep`."""
+    weights (from its report line); unregisters the model afterwards unless `keep`."""
     client = TorchServeClient(config)
-    log_offset = config.model_log.stat().st_size if config.model_log.exists() else 0
+    log = ModelLog(config.model_log)
     # Write back what earlier steps left dirty (GiBs of archives), or the kernel throttles this
     # run's unpacking to flush it and the time lands on whichever variant comes next.
     os.sync()
     started = time.perf_counter()
-    response = client.register(url, initial_workers=1)
-    if response.status != 200:
-        raise MarError(f"bench: registering {url} failed (HTTP {response.status}): {response.message}")
-    while (answer := client.predict(name, probe)).status != 200:
+    client.register(url, initial_workers=1)
+    while (answer := client.predict(name, probe, check=False)).status != 200:
         if time.perf_counter() - started > 600:
             raise MarError(f"bench: {name} never answered: HTTP {answer.status} {answer.message}")
         time.sleep(0.01)
@@ -237,14 +238,9 @@ def cold_start(config: ServerConfig, name: str, url: str, probe: bytes, *,
         # Let the old worker exit and TorchServe delete the extracted copy: freeing a GiB of
         # mappings and files must not land in the next measurement.
         time.sleep(2.0)
-    return {"seconds": seconds, "memory_ratio": _memory_ratio(config, log_offset)}
-
-
-def _memory_ratio(config: ServerConfig, offset: int) -> float | None:
-    with config.model_log.open("rb") as log:
-        log.seek(offset)
-        found = _MEMORY_LINE.findall(log.read().decode(errors="replace"))
-    return int(found[-1][0]) / int(found[-1][1]) if found else None
+    reports = [r for r in log.worker_reports() if r.model == name and r.event == "ready"]
+    return {"seconds": seconds, "memory_ratio": reports[-1].memory_over_weights if reports else None,
+            "report": reports[-1] if reports else None}
 
 
 # ---- throughput ----
@@ -263,9 +259,7 @@ def _bench_throughput(config: ServerConfig, root: Path, seconds: float, concurre
     body.write_text(json.dumps({"inputs": [[[0.5] * 8] * 8]}))
     client = TorchServeClient(config)
     for _, url in archives.values():
-        response = client.register(url, initial_workers=1)
-        if response.status != 200:
-            raise MarError(f"bench: registering {url} failed: {response.message}")
+        client.register(url, initial_workers=1)
     runs: dict = {str(level): {label: [] for label in names} for level in concurrency}
     try:
         for label, name in names.items():
@@ -305,9 +299,9 @@ def _throughput_archives(config: ServerConfig, root: Path) -> dict[str, tuple[st
     stock_source = "\n".join(line for line in source.splitlines()
                              if "register_model" not in line)  # one class, default arguments
     (folder / "model.py").write_text(stock_source)
+    # the same TorchServe settings our archive carries
     (folder / "model-config.yaml").write_text(yaml.safe_dump(
-        {"minWorkers": 1, "maxWorkers": 1, "batchSize": spec["serving"]["batch_size"],
-         "maxBatchDelay": spec["serving"]["max_batch_delay_ms"]}))
+        load_spec(folder / "spec.yaml").serving.model_config()))
     stock = {"folder": folder, "weights": folder / "digits.pt"}
     for name, handler, model_file in (("tp_stock", "stock_handler.py", True),
                                       ("tp_noop", "noop_handler.py", False)):

@@ -1,6 +1,7 @@
 """The `mar` command: build archives and drive TorchServe through its management API.
 
-Every subcommand exits 0 on success and 1 with a one-paragraph reason on failure.
+Every subcommand exits 0 on success and 1 with a one-paragraph reason on a user's error (a
+MarError); anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -10,152 +11,62 @@ import json
 import sys
 from pathlib import Path
 
+from handlers.errors import MarError
+from handlers.spec import check_worker_range
 from scripts.config import DEFAULT_CONFIG, read_config
-from scripts.errors import MarError
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (MarError, ValueError, KeyError, TypeError) as err:
-        # SpecError and WeightsError are ValueErrors; registry lookups raise KeyError/TypeError.
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"mar {args.command}: error: {message}", file=sys.stderr)
+    except MarError as err:
+        print(f"mar {args.command}: error: {err}", file=sys.stderr)
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mar", description=__doc__,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    build = _add(commands, "build", _cmd_build, "validate specs and weights, then write .mar archives")
-    build.add_argument("specs", nargs="+", type=Path, metavar="SPEC.yaml")
-    build.add_argument("--weights", type=Path, help="weights file instead of the spec's `weights` "
-                       "(only with one spec)")
-    build.add_argument("--export-path", type=Path,
-                       help="folder the archives are written to (default: the model store named "
-                       "in --config)")
-    build.add_argument("--format", choices=["mar", "folder"], default="mar", dest="archive_format",
-                       help="mar: one zip file; folder: TorchServe's no-archive layout, which it "
-                       "links instead of extracting (fastest start from a shared model store)")
-    _add_config(build)
-
-    verify = _add(commands, "verify", _cmd_verify, "re-run an archive's build-record and golden "
-                  "checks from the archive alone, in a fresh process")
-    verify.add_argument("archive", type=Path, metavar="ARCHIVE")
-
-    convert = _add(commands, "convert-legacy", _cmd_convert,
-                   "unpickle a TRUSTED torch.save(model) file once and write a clean state_dict")
-    convert.add_argument("source", type=Path, metavar="LEGACY.pt")
-    convert.add_argument("--arch", required=True, help="registered architecture to check against")
-    convert.add_argument("--params", default="{}", help="constructor params as JSON")
-    convert.add_argument("--out", type=Path, required=True,
-                         help="the clean checkpoint to write (.pt or .safetensors)")
-    convert.add_argument("--trust-this-file", action="store_true",
-                         help="required: unpickling runs any code the file contains")
-
-    serve = _add(commands, "serve", _cmd_serve, "start, stop or query TorchServe")
-    serve.add_argument("action", choices=["start", "stop", "status"])
-    serve.add_argument("--no-restore", action="store_true",
-                       help="start empty instead of restoring the models registered at the last stop")
-    _add_config(serve)
-
-    register = _add(commands, "register", _cmd_register,
-                    "register an archive from the model store through the management API")
-    register.add_argument("archive", type=Path, metavar="ARCHIVE")
-    register.add_argument("--workers", type=int, help="initial workers (default: --min-workers)")
-    _add_serving_overrides(register)
-    register.add_argument("--set-default", action="store_true",
-                          help="make this version the one /predictions/NAME answers with")
-    _add_config(register)
-
-    scale = _add(commands, "scale", _cmd_scale, "set a model version's minimum and maximum workers")
-    scale.add_argument("name", metavar="NAME")
-    scale.add_argument("--version", help="default: the default version")
-    scale.add_argument("--min", type=int, required=True, dest="min_workers")
-    scale.add_argument("--max", type=int, required=True, dest="max_workers")
-    _add_config(scale)
-
-    set_default = _add(commands, "set-default", _cmd_set_default,
-                       "make VERSION the version /predictions/NAME answers with")
-    set_default.add_argument("name", metavar="NAME")
-    set_default.add_argument("version", metavar="VERSION")
-    _add_config(set_default)
-
-    promote = _add(commands, "promote", _cmd_promote, "serve ARCHIVE as its model's new default "
-                   "version with no downtime, then retire the old version")
-    promote.add_argument("archive", type=Path, metavar="ARCHIVE")
-    promote.add_argument("--drain-seconds", type=float, default=2.0,
-                         help="wait after the switch before the old version is unregistered")
-    _add_config(promote)
-
-    unregister = _add(commands, "unregister", _cmd_unregister, "unregister a model version")
-    unregister.add_argument("name", metavar="NAME")
-    unregister.add_argument("version", nargs="?", metavar="VERSION",
-                            help="default: the default version")
-    _add_config(unregister)
-
-    models = _add(commands, "models", _cmd_models, "list registered models and their workers")
-    models.add_argument("name", nargs="?", metavar="NAME", help="only this model")
-    models.add_argument("--json", action="store_true", help="print TorchServe's descriptions")
-    _add_config(models)
-
-    predict = _add(commands, "predict", _cmd_predict, "send a JSON request to a model")
-    predict.add_argument("name", metavar="NAME")
-    predict.add_argument("--version", help="default: the default version")
-    predict.add_argument("--input", type=Path, required=True, metavar="FILE.json",
-                         help='request body, e.g. {"inputs": [...]}')
-    _add_config(predict)
-    kserve = _add(commands, "export-kserve", _cmd_export_kserve,
-                  "write the layout KServe's PyTorch runtime serves: config, model store, "
-                  "InferenceService")
-    kserve.add_argument("sources", nargs="+", type=Path, metavar="SPEC_OR_ARCHIVE")
-    kserve.add_argument("--out", type=Path, required=True, help="a new, empty folder")
-    kserve.add_argument("--name", help="InferenceService name (default: the first model's)")
-    kserve.add_argument("--min-replicas", type=int, default=1)
-    kserve.add_argument("--max-replicas", type=int, default=3)
-    kserve.add_argument("--concurrency-target", type=int,
-                        help="in-flight requests per replica before Knative adds one "
-                        "(default: the largest batch size)")
-
-    bench = _add(commands, "bench", _cmd_bench, "measure build, cold start, memory and "
-                 "throughput against stock TorchServe on this machine (prints ratios)")
-    bench.add_argument("--size-mb", type=int, default=1024, help="size of the benchmark weights")
-    bench.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
-    bench.add_argument("--throughput-seconds", type=float, default=20,
-                       help="ab run length per concurrency; 0 skips the throughput part")
-    bench.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
-    bench.add_argument("--parts", nargs="+", choices=["build", "cold-start", "throughput"],
-                       default=["build", "cold-start", "throughput"])
-    bench.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
+    for add in (_add_build, _add_verify, _add_convert, _add_serve, _add_register, _add_scale,
+                _add_set_default, _add_promote, _add_unregister, _add_models, _add_predict,
+                _add_export_kserve, _add_bench):
+        add(commands)
     return parser
 
 
-def _add(commands, name: str, func, help_text: str) -> argparse.ArgumentParser:
+def _command(commands, name: str, func, help_text: str, *, server: bool = True):
+    """A subcommand running `func`; `server` commands take --config."""
     sub = commands.add_parser(name, help=help_text, description=help_text,
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub.set_defaults(func=func)
+    if server:
+        sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                         help="TorchServe config.properties naming the server")
     return sub
 
 
-def _add_serving_overrides(sub: argparse.ArgumentParser) -> None:
-    group = sub.add_argument_group("serving settings (default: the archive's spec)")
-    group.add_argument("--min-workers", type=int)
-    group.add_argument("--max-workers", type=int)
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--max-batch-delay", type=int, metavar="MS")
-    group.add_argument("--response-timeout", type=int, metavar="S",
-                       help="must match the archive: TorchServe ignores it at registration")
+def _client(args):
+    from scripts.client import TorchServeClient
+
+    return TorchServeClient(read_config(args.config))
 
 
-def _add_config(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                     help="TorchServe config.properties naming the server")
+# ---- build, verify, convert ----
+
+def _add_build(commands) -> None:
+    sub = _command(commands, "build", _cmd_build, "validate specs and weights, then write archives")
+    sub.add_argument("specs", nargs="+", type=Path, metavar="SPEC.yaml")
+    sub.add_argument("--weights", type=Path,
+                     help="weights file instead of the spec's `weights` (only with one spec)")
+    sub.add_argument("--export-path", type=Path, help="folder the archives are written to "
+                     "(default: the model store named in --config)")
+    sub.add_argument("--format", choices=["mar", "folder"], default="mar", dest="archive_format",
+                     help="mar: one zip file; folder: TorchServe's no-archive layout, which it "
+                     "links instead of extracting (fastest start from a shared model store)")
 
 
 def _cmd_build(args) -> int:
@@ -166,9 +77,8 @@ def _cmd_build(args) -> int:
                        "Build them one at a time, or put each weights path in its spec.")
     export_path = args.export_path or read_config(args.config).model_store
     for spec in args.specs:
-        result = build_archive(spec, weights=args.weights, export_path=export_path,
-                               archive_format=args.archive_format)
-        _print_build(result)
+        _print_build(build_archive(spec, weights=args.weights, export_path=export_path,
+                                   archive_format=args.archive_format))
     return 0
 
 
@@ -192,12 +102,30 @@ def _print_build(result) -> None:
           f"{', '.join(map(str, spec.input.shape))}] -> output {list(result.output_shape)}")
 
 
+def _add_verify(commands) -> None:
+    sub = _command(commands, "verify", _cmd_verify, "re-run an archive's build-record and golden "
+                   "checks from the archive alone, in a fresh process", server=False)
+    sub.add_argument("archive", type=Path, metavar="ARCHIVE")
+
+
 def _cmd_verify(args) -> int:
     from scripts.verify import verify_archive
 
     result = verify_archive(args.archive)
     print(result.report, file=sys.stdout if result.ok else sys.stderr)
     return 0 if result.ok else 1
+
+
+def _add_convert(commands) -> None:
+    sub = _command(commands, "convert-legacy", _cmd_convert, "unpickle a TRUSTED "
+                   "torch.save(model) file once and write a clean state_dict", server=False)
+    sub.add_argument("source", type=Path, metavar="LEGACY.pt")
+    sub.add_argument("--arch", required=True, help="registered architecture to check against")
+    sub.add_argument("--params", default="{}", help="constructor params as JSON")
+    sub.add_argument("--out", type=Path, required=True,
+                     help="the clean checkpoint to write (.pt or .safetensors)")
+    sub.add_argument("--trust-this-file", action="store_true",
+                     help="required: unpickling runs any code the file contains")
 
 
 def _cmd_convert(args) -> int:
@@ -215,14 +143,21 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+# ---- the server ----
+
+def _add_serve(commands) -> None:
+    sub = _command(commands, "serve", _cmd_serve, "start, stop or query TorchServe")
+    sub.add_argument("action", choices=["start", "stop", "status"])
+    sub.add_argument("--no-restore", action="store_true",
+                     help="start empty instead of restoring the models registered at the last stop")
+
+
 def _cmd_serve(args) -> int:
-    from scripts.client import TorchServeClient
     from scripts.server import start_server, stop_server
 
     config = read_config(args.config)
     if args.action == "start":
-        restored = start_server(config, restore=not args.no_restore)
-        for line in restored:
+        for line in start_server(config, restore=not args.no_restore):
             print(f"restored {line}")
         print(f"TorchServe is healthy: inference {config.inference_url}, management "
               f"{config.management_url}, model store {config.model_store}")
@@ -230,10 +165,28 @@ def _cmd_serve(args) -> int:
         stop_server(config)
         print(f"TorchServe for {config.path} stopped")
     else:
-        status = TorchServeClient(config).ping_status()
+        status = _client(args).ping_status()
         print(f"TorchServe at {config.inference_url}: {status or 'not running'}")
         return 0 if status == "Healthy" else 1
     return 0
+
+
+# ---- models on the server ----
+
+def _add_register(commands) -> None:
+    sub = _command(commands, "register", _cmd_register,
+                   "register an archive from the model store through the management API")
+    sub.add_argument("archive", type=Path, metavar="ARCHIVE")
+    sub.add_argument("--workers", type=int, help="initial workers (default: --min-workers)")
+    group = sub.add_argument_group("serving settings (default: the archive's spec)")
+    group.add_argument("--min-workers", type=int)
+    group.add_argument("--max-workers", type=int)
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--max-batch-delay", type=int, metavar="MS")
+    group.add_argument("--response-timeout", type=int, metavar="S",
+                       help="must match the archive: TorchServe ignores it at registration")
+    sub.add_argument("--set-default", action="store_true",
+                     help="make this version the one /predictions/NAME answers with")
 
 
 def _cmd_register(args) -> int:
@@ -242,37 +195,52 @@ def _cmd_register(args) -> int:
     overrides = {"min_workers": args.min_workers, "max_workers": args.max_workers,
                  "batch_size": args.batch_size, "max_batch_delay_ms": args.max_batch_delay,
                  "response_timeout_s": args.response_timeout}
-    info = register_archive(read_config(args.config), args.archive, workers=args.workers,
-                            serving=overrides, set_default=args.set_default)
-    print(f"registered {info.name} {info.version}" + (" as the default version"
-                                                       if args.set_default else ""))
+    archive = register_archive(read_config(args.config), args.archive, workers=args.workers,
+                               serving=overrides, set_default=args.set_default)
+    print(f"registered {archive.name} {archive.version}"
+          + (" as the default version" if args.set_default else ""))
     return 0
 
 
-def _cmd_scale(args) -> int:
-    from scripts.client import TorchServeClient
+def _add_scale(commands) -> None:
+    sub = _command(commands, "scale", _cmd_scale, "set a model version's minimum and maximum workers")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--version", help="default: the default version")
+    sub.add_argument("--min", type=int, required=True, dest="min_workers")
+    sub.add_argument("--max", type=int, required=True, dest="max_workers")
 
-    if args.min_workers > args.max_workers:
-        raise MarError(f"--min {args.min_workers} exceeds --max {args.max_workers}.")
-    response = TorchServeClient(read_config(args.config)).scale(
-        args.name, args.version, min_workers=args.min_workers, max_workers=args.max_workers)
-    if response.status != 200:
-        raise MarError(f"scaling {args.name} failed (HTTP {response.status}): {response.message}")
+
+def _cmd_scale(args) -> int:
+    problems: list[str] = []
+    check_worker_range(args.min_workers, args.max_workers, problems, names=("--min", "--max"))
+    if problems:
+        raise MarError(problems[0] + ".")
+    _client(args).scale(args.name, args.version, min_workers=args.min_workers,
+                        max_workers=args.max_workers)
     print(f"{args.name} {args.version or '(default version)'}: min {args.min_workers}, "
           f"max {args.max_workers} workers")
     return 0
 
 
-def _cmd_set_default(args) -> int:
-    from scripts.client import TorchServeClient
+def _add_set_default(commands) -> None:
+    sub = _command(commands, "set-default", _cmd_set_default,
+                   "make VERSION the version /predictions/NAME answers with")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("version", metavar="VERSION")
 
-    response = TorchServeClient(read_config(args.config)).set_default(args.name, args.version)
-    if response.status != 200:
-        raise MarError(f"could not make {args.name} {args.version} the default (HTTP "
-                       f"{response.status}): {response.message}. `mar models {args.name}` lists "
-                       "its versions.")
+
+def _cmd_set_default(args) -> int:
+    _client(args).set_default(args.name, args.version)
     print(f"{args.name}: default version is now {args.version}")
     return 0
+
+
+def _add_promote(commands) -> None:
+    sub = _command(commands, "promote", _cmd_promote, "serve ARCHIVE as its model's new default "
+                   "version with no downtime, then retire the old version")
+    sub.add_argument("archive", type=Path, metavar="ARCHIVE")
+    sub.add_argument("--drain-seconds", type=float, default=2.0,
+                     help="wait after the switch before the old version is unregistered")
 
 
 def _cmd_promote(args) -> int:
@@ -283,21 +251,26 @@ def _cmd_promote(args) -> int:
     return 0
 
 
-def _cmd_unregister(args) -> int:
-    from scripts.client import TorchServeClient
+def _add_unregister(commands) -> None:
+    sub = _command(commands, "unregister", _cmd_unregister, "unregister a model version")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("version", nargs="?", metavar="VERSION", help="default: the default version")
 
-    response = TorchServeClient(read_config(args.config)).unregister(args.name, args.version)
-    if response.status != 200:
-        raise MarError(f"could not unregister {args.name} {args.version or ''}(HTTP "
-                       f"{response.status}): {response.message}. `mar models` lists what is registered.")
+
+def _cmd_unregister(args) -> int:
+    _client(args).unregister(args.name, args.version)
     print(f"unregistered {args.name} {args.version or '(default version)'}")
     return 0
 
 
-def _cmd_models(args) -> int:
-    from scripts.client import TorchServeClient
+def _add_models(commands) -> None:
+    sub = _command(commands, "models", _cmd_models, "list registered models and their workers")
+    sub.add_argument("name", nargs="?", metavar="NAME", help="only this model")
+    sub.add_argument("--json", action="store_true", help="print TorchServe's descriptions")
 
-    client = TorchServeClient(read_config(args.config))
+
+def _cmd_models(args) -> int:
+    client = _client(args)
     names = [args.name] if args.name else [m["modelName"] for m in client.list_models()]
     defaults = {name: client.default_version(name) for name in names}
     described = [version for name in names for version in client.describe(name)]
@@ -321,19 +294,36 @@ def _cmd_models(args) -> int:
     return 0
 
 
-def _cmd_predict(args) -> int:
-    from scripts.client import TorchServeClient
+def _add_predict(commands) -> None:
+    sub = _command(commands, "predict", _cmd_predict, "send a JSON request to a model")
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--version", help="default: the default version")
+    sub.add_argument("--input", type=Path, required=True, metavar="FILE.json",
+                     help='request body, e.g. {"inputs": [...]}')
 
+
+def _cmd_predict(args) -> int:
     try:
         body = args.input.read_bytes()
     except FileNotFoundError:
         raise MarError(f"no input file {args.input}. Write the request body there, "
                        'e.g. {"inputs": [[...]]}.') from None
-    response = TorchServeClient(read_config(args.config)).predict(args.name, body, version=args.version)
-    if response.status != 200:
-        raise MarError(f"{args.name} answered HTTP {response.status}: {response.message}")
-    print(response.body.decode())
+    print(_client(args).predict(args.name, body, version=args.version).body.decode())
     return 0
+
+
+# ---- elsewhere: KServe, the benchmark ----
+
+def _add_export_kserve(commands) -> None:
+    sub = _command(commands, "export-kserve", _cmd_export_kserve, "write the layout KServe's "
+                   "PyTorch runtime serves: config, model store, InferenceService", server=False)
+    sub.add_argument("sources", nargs="+", type=Path, metavar="SPEC_OR_ARCHIVE")
+    sub.add_argument("--out", type=Path, required=True, help="a new, empty folder")
+    sub.add_argument("--name", help="InferenceService name (default: the first model's)")
+    sub.add_argument("--min-replicas", type=int, default=1)
+    sub.add_argument("--max-replicas", type=int, default=3)
+    sub.add_argument("--concurrency-target", type=int, help="in-flight requests per replica "
+                     "before Knative adds one (default: the largest batch size)")
 
 
 def _cmd_export_kserve(args) -> int:
@@ -346,6 +336,20 @@ def _cmd_export_kserve(args) -> int:
           f"model-store/, inferenceservice.yaml ({result.service_name}). Upload the folder and "
           f"replace storageUri {STORAGE_URI_PLACEHOLDER} with its address.")
     return 0
+
+
+def _add_bench(commands) -> None:
+    sub = _command(commands, "bench", _cmd_bench, "measure build, cold start, memory and "
+                   "throughput against stock TorchServe on this machine (prints ratios)",
+                   server=False)
+    sub.add_argument("--size-mb", type=int, default=1024, help="size of the benchmark weights")
+    sub.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    sub.add_argument("--throughput-seconds", type=float, default=20,
+                     help="ab run length per concurrency; 0 skips the throughput part")
+    sub.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    sub.add_argument("--parts", nargs="+", choices=["build", "cold-start", "throughput"],
+                     default=["build", "cold-start", "throughput"])
+    sub.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
 
 
 def _cmd_bench(args) -> int:

@@ -1,5 +1,8 @@
 """A thin client of TorchServe's management and inference APIs, with token authorization.
 
+Every call raises TorchServeError (a MarError) with TorchServe's own message when the answer is not
+a 2xx, unless the caller passes `check=False` and reads the status itself.
+
 TorchServe writes fresh tokens to `key_file.json` at every start and expires the management and
 inference tokens after `token_expiration_min`. The client reads the file for each call, so it keeps
 working across restarts, and when TorchServe refuses an expired token (with HTTP 400, not 401) it
@@ -15,16 +18,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from handlers.errors import MarError
+from handlers.spec import ServingSpec
 from scripts.config import ServerConfig
-from scripts.errors import MarError
 
-__all__ = ["TorchServeClient", "Response"]
+__all__ = ["TorchServeClient", "TorchServeError", "Response"]
 
 
 @dataclass(frozen=True)
 class Response:
     status: int
     body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -36,6 +44,15 @@ class Response:
             return str(self.json().get("message", self.body.decode()))
         except (ValueError, AttributeError):
             return self.body.decode(errors="replace")
+
+
+class TorchServeError(MarError):
+    """TorchServe refused a call; carries its answer."""
+
+    def __init__(self, action: str, response: Response, hint: str = ""):
+        super().__init__(f"{action} failed (HTTP {response.status}): {response.message}"
+                         + (f". {hint}" if hint else ""))
+        self.response = response
 
 
 class TorchServeClient:
@@ -59,50 +76,61 @@ class TorchServeClient:
         except (ValueError, AttributeError):
             return f"HTTP {response.status}"
 
-    def predict(self, name: str, body: bytes, *, version: str | None = None) -> Response:
+    def predict(self, name: str, body: bytes, *, version: str | None = None,
+                check: bool = True) -> Response:
         path = f"/predictions/{quote(name)}" + (f"/{quote(version)}" if version else "")
-        return self._call("POST", self.config.inference_url + path, key_kind="inference",
-                          body=body, content_type="application/json")
+        response = self._call("POST", self.config.inference_url + path, key_kind="inference",
+                              body=body, content_type="application/json")
+        return _checked(response, f"predicting with {name} {version or ''}".rstrip(), check)
 
     # ---- management API ----
-    def register(self, url: str, *, initial_workers: int, batch_size: int | None = None,
-                 max_batch_delay_ms: int | None = None) -> Response:
-        """Register synchronously: the answer comes once the workers are up (or failed)."""
-        params = {"url": url, "initial_workers": initial_workers, "synchronous": "true",
-                  "batch_size": batch_size, "max_batch_delay": max_batch_delay_ms}
-        query = urlencode({k: v for k, v in params.items() if v is not None})
-        return self._call("POST", f"{self.config.management_url}/models?{query}",
-                          key_kind="management")
+    def register(self, url: str, *, serving: ServingSpec | None = None,
+                 initial_workers: int | None = None, check: bool = True) -> Response:
+        """Register synchronously: the answer comes once the workers are up (or failed). Batch
+        settings come from `serving` (else the archive's model-config.yaml)."""
+        params = serving.register_params(initial_workers=initial_workers) if serving else \
+            {"initial_workers": 1 if initial_workers is None else initial_workers}
+        query = urlencode({"url": url, "synchronous": "true", **params})
+        response = self._call("POST", f"{self.config.management_url}/models?{query}",
+                              key_kind="management")
+        return _checked(response, f"registering {url}", check)
 
     def scale(self, name: str, version: str | None, *, min_workers: int,
               max_workers: int) -> Response:
         path = f"/models/{quote(name)}" + (f"/{quote(version)}" if version else "")
         query = urlencode({"min_worker": min_workers, "max_worker": max_workers,
                            "synchronous": "true"})
-        return self._call("PUT", f"{self.config.management_url}{path}?{query}",
-                          key_kind="management")
+        response = self._call("PUT", f"{self.config.management_url}{path}?{query}",
+                              key_kind="management")
+        return _checked(response, f"scaling {name} {version or '(default version)'}", True,
+                        _LISTS_MODELS)
 
     def set_default(self, name: str, version: str) -> Response:
-        return self._call("PUT", f"{self.config.management_url}/models/{quote(name)}/"
-                          f"{quote(version)}/set-default", key_kind="management")
+        response = self._call("PUT", f"{self.config.management_url}/models/{quote(name)}/"
+                              f"{quote(version)}/set-default", key_kind="management")
+        return _checked(response, f"making {name} {version} the default version", True,
+                        _LISTS_MODELS)
 
     def default_version(self, name: str) -> str | None:
         """The version /predictions/<name> goes to, or None when `name` is not registered."""
         response = self._call("GET", f"{self.config.management_url}/models/{quote(name)}",
                               key_kind="management")
-        return response.json()[0]["modelVersion"] if response.status == 200 else None
+        return response.json()[0]["modelVersion"] if response.ok else None
 
-    def unregister(self, name: str, version: str | None = None) -> Response:
+    def unregister(self, name: str, version: str | None = None, *, check: bool = True) -> Response:
         path = f"/models/{quote(name)}" + (f"/{quote(version)}" if version else "")
-        return self._call("DELETE", self.config.management_url + path, key_kind="management")
+        response = self._call("DELETE", self.config.management_url + path, key_kind="management")
+        return _checked(response, f"unregistering {name} {version or '(default version)'}", check,
+                        _LISTS_MODELS)
 
     def list_models(self) -> list[dict]:
         """Every registered model name with its default archive (follows pagination)."""
         models, token = [], None
         while True:
             query = urlencode({"limit": 100, **({"next_page_token": token} if token else {})})
-            page = self._call("GET", f"{self.config.management_url}/models?{query}",
-                              key_kind="management").json()
+            response = self._call("GET", f"{self.config.management_url}/models?{query}",
+                                  key_kind="management")
+            page = _checked(response, "listing models", True).json()
             models += page.get("models", [])
             token = page.get("nextPageToken")
             if not token:
@@ -112,10 +140,15 @@ class TorchServeClient:
         """TorchServe's description of `version` of `name` ("all" versions; None: the default)."""
         path = f"/models/{quote(name)}" + (f"/{quote(version)}" if version else "")
         response = self._call("GET", self.config.management_url + path, key_kind="management")
-        if response.status != 200:
+        if not response.ok:
             raise MarError(f"TorchServe has no model {name} {version or ''}(HTTP {response.status}: "
                            f"{response.message}). `mar models` lists what is registered.")
         return response.json()
+
+    def is_registered(self, name: str, version: str) -> bool:
+        response = self._call("GET", f"{self.config.management_url}/models/{quote(name)}/"
+                              f"{quote(version)}", key_kind="management")
+        return response.ok
 
     # ---- transport ----
     def _call(self, method: str, url: str, *, key_kind: str, body: bytes | None = None,
@@ -143,7 +176,7 @@ class TorchServeClient:
         """Have TorchServe replace an expired key; it rewrites key_file.json."""
         response = self._send("GET", f"{self.config.management_url}/token?type={key_kind}",
                               key=self.config.key("API"), timeout=30)
-        if response.status != 200:
+        if not response.ok:
             raise MarError(f"TorchServe refused the {key_kind} token and would not issue a new one "
                            f"(HTTP {response.status}: {response.message}). Is {self.config.key_file} "
                            "from the running server?")
@@ -161,6 +194,15 @@ class TorchServeClient:
                 return Response(answer.status, answer.read())
         except urllib.error.HTTPError as err:
             return Response(err.code, err.read())
+
+
+_LISTS_MODELS = "`mar models` lists what is registered."
+
+
+def _checked(response: Response, action: str, check: bool, hint: str = "") -> Response:
+    if check and not response.ok:
+        raise TorchServeError(action, response, hint)
+    return response
 
 
 def _token_refused(response: Response) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from scripts.errors import MarError
+from handlers.errors import MarError
 
 __all__ = ["ServerConfig", "read_config", "write_private_config", "private_env", "free_ports",
            "REPO_ROOT", "DEFAULT_CONFIG", "DEMO_SPEC"]
@@ -27,6 +27,7 @@ class ServerConfig:
     path: Path  # the config.properties file
     inference_url: str
     management_url: str
+    metrics_url: str
     model_store: Path
 
     @property
@@ -76,6 +77,7 @@ def read_config(path: str | Path = DEFAULT_CONFIG) -> ServerConfig:
     return ServerConfig(path=path,
                         inference_url=_loopback(props["inference_address"]),
                         management_url=_loopback(props["management_address"]),
+                        metrics_url=_loopback(props.get("metrics_address", "http://127.0.0.1:8082")),
                         model_store=store if store.is_absolute() else path.parent / store)
 
 

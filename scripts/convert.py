@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from handlers.loading import read_checkpoint
+from handlers.checkpoint import read_checkpoint
 from model_defs import create_model
-from scripts.errors import MarError
+from handlers.errors import MarError
 
 __all__ = ["convert_legacy"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -28,10 +27,6 @@ from scripts.digits import load_split, save_state_dict, train
 from scripts.server import start_server, stop_server
 
 BATCH_SIZE = 16  # for both models, as the demo spec serves the digits CNN
-_READY = re.compile(r"model (\S+) \S+ \(\S+\) ready on (\S+) at \S+; golden check max abs error (\S+)")
-_MEMORY = re.compile(r"W-\d+-(\S+?)_[^_\s]+-stdout MODEL_LOG - load memory: resident_growth_bytes="
-                     r"\d+ weights_bytes=\d+ gpu_allocated_bytes=(\d+)")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -105,22 +100,19 @@ def _specs(root: Path, size_mb: int, models: list[str]) -> dict[str, dict]:
 def _measure(config, root: Path, name: str, spec: dict, seconds: float, workers: int) -> dict:
     body = root / f"{name}.json"
     body.write_text(json.dumps({"inputs": spec["sample"]}))
-    offset = config.model_log.stat().st_size if config.model_log.exists() else 0
     started = cold_start(config, name, f"{name}-1.0.mar", body.read_bytes(), keep=True)
-    log = config.model_log.read_bytes()[offset:].decode(errors="replace")
-    ready = {m[0]: (m[1], float(m[2])) for m in _READY.findall(log)}
-    memory = {m[0]: int(m[1]) for m in _MEMORY.findall(log)}
+    report = started["report"]
     client = TorchServeClient(config)
     if workers > 1:
         client.scale(name, None, min_workers=workers, max_workers=workers)
     ab_run(config, name, body, 64, min(seconds, 3))  # warm-up
     load = ab_run(config, name, body, 64, seconds)
     client.unregister(name)
-    device, golden = ready.get(name, ("?", float("nan")))
-    return {"model": name, "workers": workers, "device": device, "cold_start_s": started["seconds"],
-            "requests_per_s": load["requests_per_s"], "p50_ms": load["p50_ms"],
-            "p99_ms": load["p99_ms"], "failed": load["failed"],
-            "gpu_mib_per_worker": memory.get(name, 0) / 2**20, "golden_max_abs_error": golden}
+    return {"model": name, "workers": workers, "device": report.device if report else "?",
+            "cold_start_s": started["seconds"], "requests_per_s": load["requests_per_s"],
+            "p50_ms": load["p50_ms"], "p99_ms": load["p99_ms"], "failed": load["failed"],
+            "gpu_mib_per_worker": (report.gpu_allocated_bytes or 0) / 2**20 if report else 0,
+            "golden_max_abs_error": report.golden_max_error if report else float("nan")}
 
 
 def _copy_logs(logs: Path, destination: Path) -> None:

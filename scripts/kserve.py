@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 from scripts.build import build_archive
-from scripts.errors import MarError
-from scripts.manage import Archive, open_archive
+from handlers.errors import MarError
+from scripts.archive import Archive, open_archive
 from scripts.verify import verify_archive
 
 __all__ = ["ExportResult", "export_kserve", "STORAGE_URI_PLACEHOLDER"]
@@ -49,7 +49,7 @@ def export_kserve(sources: list[Path], out: Path, *, service_name: str | None = 
     store.mkdir(parents=True)
     archives = [_archive_for(source, store) for source in sources]
     _check_unique(archives)
-    name = service_name or archives[0].info.name.lower().replace("_", "-").replace(".", "-")
+    name = service_name or archives[0].name.lower().replace("_", "-").replace(".", "-")
     if not _DNS_LABEL.match(name) or len(name) > 45:
         raise MarError(f"InferenceService name {name!r} must be lower-case letters, digits and '-', "
                        "start with a letter and be at most 45 characters; pass --name.")
@@ -65,16 +65,12 @@ def export_kserve(sources: list[Path], out: Path, *, service_name: str | None = 
 def kserve_config(archives: list[Archive]) -> str:
     """TorchServe's config.properties for the KServe container, with every model in its
     model_snapshot (workers, batching, timeout, default version) so it loads at start-up."""
+    newest = {name: max((a.version for a in archives if a.name == name), key=_version_key)
+              for name in {a.name for a in archives}}  # each model's default version
     models: dict[str, dict] = {}
     for archive in archives:
-        serving = archive.spec.serving
-        models.setdefault(archive.info.name, {})[archive.info.version] = {
-            "defaultVersion": False, "marName": archive.path.name,
-            "minWorkers": serving.min_workers, "maxWorkers": serving.max_workers,
-            "batchSize": serving.batch_size, "maxBatchDelay": serving.max_batch_delay_ms,
-            "responseTimeout": serving.response_timeout_s}
-    for versions in models.values():
-        versions[max(versions, key=_version_key)]["defaultVersion"] = True  # the newest serves
+        models.setdefault(archive.name, {})[archive.version] = archive.spec.serving.snapshot_entry(
+            archive.path.name, default=newest[archive.name] == archive.version)
     snapshot = {"name": "startup.cfg", "modelCount": len(archives), "models": models}
     return f"""# Written by `mar export-kserve` for KServe's PyTorch (TorchServe) runtime.
 # In the pod, KServe's proxy and the mesh face the network, so TorchServe binds all interfaces
@@ -89,9 +85,11 @@ grpc_management_port=7071
 # request of each batch. The handler reads KServe v1 and v2 bodies itself, so TS_* variables are
 # ignored: every setting is in this file.
 enable_envvars_config=false
-# Prometheus text on the metrics port, for KServe's and Knative's scrapers.
+# Prometheus text on the metrics port, for KServe's and Knative's scrapers, with the handler's
+# own per-batch figures.
 enable_metrics_api=true
 metrics_mode=prometheus
+model_metrics_auto_detect=true
 number_of_netty_threads=4
 job_queue_size=100
 # Models come from model_snapshot below at start-up; nothing registers or deletes them at run time.
@@ -116,7 +114,7 @@ def inference_service(name: str, archives: list[Archive], *, min_replicas: int, 
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {"name": name, "annotations": {
-            "mar.models": ", ".join(f"{a.info.name} {a.info.version}" for a in archives)}},
+            "mar.models": ", ".join(f"{a.name} {a.version}" for a in archives)}},
         "spec": {"predictor": {
             "minReplicas": min_replicas,
             "maxReplicas": max_replicas,
@@ -150,9 +148,9 @@ def _archive_for(source: Path, store: Path) -> Archive:
 def _check_unique(archives: list[Archive]) -> None:
     seen: set[tuple[str, str]] = set()
     for archive in archives:
-        key = (archive.info.name, archive.info.version)
+        key = (archive.name, archive.version)
         if key in seen:
-            raise MarError(f"{archive.info.name} {archive.info.version} is exported twice; "
+            raise MarError(f"{archive.name} {archive.version} is exported twice; "
                            "give each source its own name or version.")
         seen.add(key)
 

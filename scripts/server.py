@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scripts.client import TorchServeClient
 from scripts.config import ServerConfig
-from scripts.errors import MarError
+from handlers.errors import MarError
 
 __all__ = ["start_server", "stop_server"]
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from scripts.archive import open_archive
 from scripts.config import REPO_ROOT
-from scripts.errors import MarError
 
 __all__ = ["VerifyResult", "env_without_repository", "verify_archive"]
 
 _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); "
-              "from handlers.integrity import main; sys.exit(main(sys.argv[1:]))")
+              "from handlers.selfcheck import main; sys.exit(main(sys.argv[1:]))")
 
 
 @dataclass(frozen=True)
@@ -30,25 +28,13 @@ class VerifyResult:
 
 
 def verify_archive(archive: Path, *, timeout_s: float = 600) -> VerifyResult:
-    """Check `archive` (a .mar or an archive folder) in a fresh process."""
-    if archive.is_dir():
-        return _run(archive, timeout_s)
-    if not archive.is_file():
-        raise MarError(f"no archive at {archive}. Build it first: `mar build SPEC.yaml`.")
-    with tempfile.TemporaryDirectory(prefix="mar-verify-") as folder:
-        try:
-            with zipfile.ZipFile(archive) as mar:
-                mar.extractall(folder)
-        except zipfile.BadZipFile as err:
-            raise MarError(f"{archive} is not a model archive ({err}). Rebuild it.") from None
-        return _run(Path(folder), timeout_s)
-
-
-def _run(model_dir: Path, timeout_s: float) -> VerifyResult:
-    model_dir = model_dir.resolve()
-    result = subprocess.run([sys.executable, "-c", _BOOTSTRAP, str(model_dir)], cwd=model_dir,
-                            env=env_without_repository(), capture_output=True, text=True,
-                            timeout=timeout_s)
+    """Check `archive` (a .mar or an archive folder) in a fresh process. Raises MarError when it
+    is not an archive at all."""
+    with open_archive(archive).extracted() as model_dir:
+        model_dir = model_dir.resolve()
+        result = subprocess.run([sys.executable, "-c", _BOOTSTRAP, str(model_dir)], cwd=model_dir,
+                                env=env_without_repository(), capture_output=True, text=True,
+                                timeout=timeout_s)
     report = (result.stdout + result.stderr).strip()
     return VerifyResult(result.returncode == 0, report.replace(str(model_dir), "<archive>"))
 

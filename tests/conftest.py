@@ -1,41 +1,23 @@
-"""Shared fixtures: specs and weights written to temporary folders, and the `mar` command."""
+"""Fixtures every test may use. Tests under tests/integration are marked `integration` (they start
+TorchServe or other processes); `make test-fast` runs the rest, in-process."""
 
 from __future__ import annotations
 
-import io
-import os
-import subprocess
-import zipfile
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from model_defs import create_model
+from tests.helpers import digits_spec_data, save_weights, write_spec
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DIGITS_SPEC = REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml"
-MAR = Path(sys.executable).parent / "mar"
-
-
-def digits_spec_data(**overrides) -> dict:
-    """The bundled digits spec as data, with top-level keys replaced by `overrides`."""
-    data = yaml.safe_load(DIGITS_SPEC.read_text())
-    data.update(overrides)
-    return data
+_INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
-def write_spec(folder: Path, data: dict, name: str = "spec.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def save_weights(model: torch.nn.Module, path: Path) -> Path:
-    torch.save(model.state_dict(), path)
-    return path
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(_INTEGRATION):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture
@@ -50,29 +32,3 @@ def digits_spec(tmp_path, digits_model) -> Path:
     """A spec file for `digits_model`, its weights beside it."""
     save_weights(digits_model, tmp_path / "digits.pt")
     return write_spec(tmp_path, digits_spec_data(weights="digits.pt"))
-
-
-def run_mar(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the installed `mar` command as a user would."""
-    result = subprocess.run([str(MAR), *map(str, args)], capture_output=True, text=True,
-                            env={**os.environ, **(env or {})}, timeout=300)
-    if check and result.returncode != 0:
-        raise AssertionError(f"mar {' '.join(map(str, args))} failed ({result.returncode}):\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result
-
-
-def tamper_weights(archive: Path, out: Path, weights_name: str) -> Path:
-    """A copy of `archive` whose weights file has one bias changed: what an attacker, or a bad
-    copy, would leave behind. The build record inside is left as it was."""
-    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            if item.filename == weights_name:
-                state = torch.load(io.BytesIO(data), weights_only=True)
-                state["classifier.4.bias"] += 1.0
-                buffer = io.BytesIO()
-                torch.save(state, buffer)
-                data = buffer.getvalue()
-            dst.writestr(item, data)
-    return out

@@ -7,11 +7,13 @@ never touches, or stops, a server the user is running.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from scripts.client import TorchServeClient
 from scripts.config import ServerConfig, private_env, read_config, write_private_config
-from tests.conftest import run_mar
+from tests.helpers import run_mar
 
 
 @dataclass(frozen=True)
@@ -19,16 +21,29 @@ class ServerUnderTest:
     config: ServerConfig
     env: dict[str, str]
 
+    @classmethod
+    def started(cls, workdir: Path) -> "ServerUnderTest":
+        server = cls(read_config(write_private_config(workdir)), private_env(workdir))
+        server.mar("serve", "start")
+        return server
+
     def mar(self, *args, check: bool = True):
         """Run `mar` against this server (its --config and environment)."""
         return run_mar(*args, "--config", self.config.path, env=self.env, check=check)
 
+    def reset(self) -> None:
+        """Running and empty again, whatever a test left behind."""
+        client = TorchServeClient(self.config)
+        if client.ping_status() != "Healthy":
+            self.mar("serve", "start", "--no-restore")
+        for model in client.list_models():
+            for version in client.describe(model["modelName"]):
+                client.unregister(model["modelName"], version["modelVersion"], check=False)
+
 
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("torchserve")
-    server = ServerUnderTest(read_config(write_private_config(workdir)), private_env(workdir))
-    server.mar("serve", "start")
+    server = ServerUnderTest.started(tmp_path_factory.mktemp("torchserve"))
     try:
         yield server
     finally:

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import run_mar
+from tests.helpers import run_mar
 
 
 def _bench(tmp_path, *extra):

@@ -9,8 +9,9 @@ from safetensors.torch import save_file
 
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
-from scripts.manage import register_archive, worker_error, ArchiveInfo
-from tests.conftest import digits_spec_data, tamper_weights, write_spec
+from scripts.manage import register_archive
+from scripts.model_log import ModelLog
+from tests.helpers import digits_spec_data, tamper_weights, write_spec
 
 LAYOUTS = {
     "plain": (lambda sd: sd, {}),
@@ -79,9 +80,8 @@ def test_tampered_archive_never_serves(torchserve, tmp_path, digits_model):
 
     # Straight through the management API, the worker's own check stops it.
     client = TorchServeClient(torchserve.config)
-    offset = torchserve.config.model_log.stat().st_size
-    response = client.register("tampered.mar", initial_workers=1)
-    client.unregister("tamper_me", "1.0")
+    log = ModelLog(torchserve.config.model_log)
+    response = client.register("tampered.mar", initial_workers=1, check=False)
+    client.unregister("tamper_me", "1.0", check=False)
     assert response.status == 500
-    log = torchserve.config.model_log.read_bytes()[offset:].decode(errors="replace")
-    assert "altered after `mar build`" in worker_error(log, ArchiveInfo("tamper_me", "1.0"))
+    assert "altered after `mar build`" in log.wait_for_worker_error("tamper_me", "1.0")

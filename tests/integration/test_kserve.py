@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from scripts.config import free_ports
-from tests.conftest import REPO_ROOT, digits_spec_data, run_mar, save_weights, write_spec
+from tests.helpers import REPO_ROOT, digits_spec_data, run_mar, save_weights, write_spec
 
 KSERVE_PYTHON = REPO_ROOT / ".venv-kserve" / "bin" / "python"
 VALIDATOR = REPO_ROOT / "tests" / "kserve" / "validate_isvc.py"

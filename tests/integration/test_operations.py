@@ -19,20 +19,24 @@ import pytest
 import torch
 
 from scripts.client import TorchServeClient
-from scripts.config import private_env, read_config, write_private_config
-from tests.conftest import digits_spec_data, save_weights, write_spec
+from tests.helpers import digits_spec_data, save_weights, write_spec
 from tests.integration.conftest import ServerUnderTest
 
 
-@pytest.fixture
-def server(tmp_path):
-    """A server of this test's own: these tests restart it, kill its workers, load it."""
-    workdir = tmp_path / "server"
-    workdir.mkdir()
-    started = ServerUnderTest(read_config(write_private_config(workdir)), private_env(workdir))
-    started.mar("serve", "start")
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """This module's server: its tests restart it, kill its workers and load it, so it is not the
+    session's."""
+    started = ServerUnderTest.started(tmp_path_factory.mktemp("operations"))
     yield started
     started.mar("serve", "stop", check=False)
+
+
+@pytest.fixture
+def server(module_server):
+    """The module's server, left running and empty after each test."""
+    yield module_server
+    module_server.reset()
 
 
 @pytest.fixture
@@ -280,7 +284,7 @@ def test_every_port_listens_on_loopback_only(server):
 
 
 def test_config_keeps_the_secure_settings():
-    from tests.conftest import REPO_ROOT
+    from tests.helpers import REPO_ROOT
     props = dict(line.split("=", 1) for line in (REPO_ROOT / "config.properties").read_text()
                  .splitlines() if line and not line.startswith("#"))
     assert props["disable_token_authorization"] == "false"

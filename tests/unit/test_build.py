@@ -6,10 +6,11 @@ import zipfile
 import pytest
 import yaml
 
-from handlers.loading import WeightsError
-from scripts.build import build_archive
-from tests.conftest import digits_spec_data, run_mar, save_weights, write_spec
+from handlers.errors import ArchitectureError, WeightsError
 from model_defs import create_model
+from scripts.build import build_archive
+from scripts.cli import main
+from tests.helpers import REPO_ROOT, digits_spec_data, save_weights, write_spec
 
 
 def test_archive_holds_exactly_what_the_handler_needs(digits_spec, tmp_path):
@@ -19,12 +20,13 @@ def test_archive_holds_exactly_what_the_handler_needs(digits_spec, tmp_path):
         spec = yaml.safe_load(mar.read("spec.yaml"))
         config = yaml.safe_load(mar.read("model-config.yaml"))
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+    handlers = {f"handlers/{p.name}" for p in (REPO_ROOT / "handlers").glob("*.py")
+                if p.name != "model_handler.py"}
     assert names == {
         "MAR-INF/MANIFEST.json", "model_handler.py", "spec.yaml", "model-config.yaml", "digits.pt",
-        "build-info.json", "golden.pt", "handlers/integrity.py",
-        "handlers/__init__.py", "handlers/spec.py", "handlers/loading.py", "handlers/protocols.py",
-        "model_defs/__init__.py", "model_defs/registry.py", "model_defs/digits_cnn.py",
-    }
+        "build-info.json", "golden.pt", "model_defs/__init__.py", "model_defs/registry.py",
+        "model_defs/digits_cnn.py", *handlers}
+    assert {"handlers/startup.py", "handlers/records.py", "handlers/errors.py"} <= handlers
     assert spec["weights"] == "digits.pt" and spec["arch"] == "digits_cnn"
     assert config == {"minWorkers": 1, "maxWorkers": 1, "batchSize": 16, "maxBatchDelay": 5,
                       "responseTimeout": 120, "startupTimeout": 120}
@@ -56,36 +58,61 @@ def test_failed_validation_writes_nothing_and_keeps_the_old_archive(tmp_path, di
     assert first.read_bytes() == before
 
 
-def test_forward_failure_is_reported_before_packaging(tmp_path, digits_model):
+def test_forward_failure_is_reported_before_packaging(tmp_path, digits_model, capsys):
     save_weights(digits_model, tmp_path / "digits.pt")
     spec = write_spec(tmp_path, digits_spec_data(weights="digits.pt", input={"shape": [3, 8, 8]}))
-    result = run_mar("build", spec, "--export-path", tmp_path / "store", check=False)
-    assert result.returncode == 1
-    assert "forward pass on an input of shape [16, 3, 8, 8] (float32) failed" in result.stderr
-    assert "Check `input.shape`" in result.stderr
+    assert main(["build", str(spec), "--export-path", str(tmp_path / "store")]) == 1
+    stderr = capsys.readouterr().err
+    assert "forward pass on an input of shape [16, 3, 8, 8] (float32) failed" in stderr
+    assert "Check `input.shape`" in stderr
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
 
 
-def test_cli_builds_several_specs_and_weights_override(tmp_path, digits_model):
+def test_constructor_errors_name_the_params(tmp_path):
+    mlp = create_model("mlp")
+    save_weights(mlp, tmp_path / "w.pt")
+    spec = write_spec(tmp_path, {"name": "m", "version": "1", "arch": "mlp", "weights": "w.pt",
+                                 "params": {"activation": "swish"}, "input": {"shape": [16]}})
+    with pytest.raises(ArchitectureError) as err:
+        build_archive(spec, export_path=tmp_path / "store")
+    assert "building 'mlp' with params {'activation': 'swish'} failed: ValueError: activation " \
+           "'swish' is not one of relu, gelu, tanh. Fix `params` in the spec." in str(err.value)
+
+
+def test_cli_builds_several_specs_and_weights_override(tmp_path, digits_model, capsys):
     save_weights(digits_model, tmp_path / "other.pt")
     one = write_spec(tmp_path, digits_spec_data(name="one", weights="missing.pt"), "one.yaml")
-    result = run_mar("build", one, "--weights", tmp_path / "other.pt", "--export-path", tmp_path)
-    assert "built" in result.stdout and (tmp_path / "one-1.0.mar").is_file()
+    assert main(["build", str(one), "--weights", str(tmp_path / "other.pt"),
+                 "--export-path", str(tmp_path)]) == 0
+    assert "built" in capsys.readouterr().out and (tmp_path / "one-1.0.mar").is_file()
     two = write_spec(tmp_path, digits_spec_data(name="two", weights="other.pt"), "two.yaml")
     three = write_spec(tmp_path, digits_spec_data(name="three", weights="other.pt"), "three.yaml")
-    run_mar("build", two, three, "--export-path", tmp_path)
+    assert main(["build", str(two), str(three), "--export-path", str(tmp_path)]) == 0
     assert (tmp_path / "two-1.0.mar").is_file() and (tmp_path / "three-1.0.mar").is_file()
 
 
-def test_cli_reports_spec_errors_in_one_paragraph(tmp_path, digits_model):
+def test_cli_reports_user_errors_in_one_paragraph(tmp_path, digits_model, capsys):
     spec = write_spec(tmp_path, digits_spec_data(arch="resnet", weights="w.pt"))
     save_weights(digits_model, tmp_path / "w.pt")
-    result = run_mar("build", spec, "--export-path", tmp_path, check=False)
-    assert result.returncode == 1
-    assert result.stderr.startswith("mar build: error: unknown architecture 'resnet'; registered: ")
-    assert "Traceback" not in result.stderr
+    assert main(["build", str(spec), "--export-path", str(tmp_path)]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("mar build: error: unknown architecture 'resnet'; registered: ")
+    assert "Traceback" not in stderr
 
 
-def test_every_subcommand_has_help():
-    for command in ("build", "serve", "register", "unregister", "models", "predict"):
-        assert "usage: mar " + command in run_mar(command, "--help").stdout
+def test_cli_lets_a_bug_show_its_traceback(monkeypatch, digits_spec, tmp_path):
+    """Only MarError is a user's error; anything else is a bug and must not be disguised."""
+    def broken(*args, **kwargs):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr("scripts.build.build_archive", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["build", str(digits_spec), "--export-path", str(tmp_path)])
+
+
+@pytest.mark.parametrize("command", ["build", "verify", "serve", "register", "scale", "promote",
+                                     "unregister", "models", "predict", "export-kserve", "bench"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0 and f"usage: mar {command}" in capsys.readouterr().out

@@ -6,10 +6,12 @@ import pytest
 import torch
 from safetensors.torch import save_file, save_model
 
-from handlers.loading import WeightsError, build_model, read_checkpoint
+from handlers.checkpoint import read_checkpoint
+from handlers.construction import build_model
+from handlers.errors import WeightsError
 from handlers.spec import load_spec
 from model_defs import create_model
-from tests.conftest import write_spec
+from tests.helpers import write_spec
 
 CPU = torch.device("cpu")
 MLP_PARAMS = {"in_features": 4, "hidden_sizes": [8], "out_features": 3}

@@ -9,11 +9,13 @@ import pytest
 import torch
 import yaml
 
-from handlers.integrity import load_archive_model
+from handlers.device import apply_process_settings
+from handlers.startup import load_archive_model
 from handlers.model_handler import ModelHandler
-from handlers.spec import SpecError, load_spec
+from handlers.errors import SpecError
+from handlers.spec import load_spec
 from scripts.build import build_archive
-from tests.conftest import digits_spec_data, save_weights, write_spec
+from tests.helpers import digits_spec_data, save_weights, write_spec
 
 
 def _archive_dir(tmp_path, digits_model, **serving):
@@ -79,16 +81,18 @@ def test_channels_last_stores_convolution_weights_nhwc(tmp_path, digits_model, c
     assert loaded.golden_max_error < 1e-4
 
 
-def test_torch_threads_follow_the_spec_on_a_gpu_too(tmp_path, digits_model):
-    from handlers.integrity import ArchiveModel
-
-    loaded = load_archive_model(_archive_dir(tmp_path, digits_model, cpu_threads=1))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_torch_threads_follow_the_spec_whatever_the_device(tmp_path, digits_model, threads):
+    """The setting is applied before the device matters (4 workers on one H200 ran 16 threads
+    each when it was applied on the CPU only)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:  # as if TorchServe had assigned a GPU: no CUDA is touched before serving
-        ModelHandler()._adopt(ArchiveModel(loaded.spec, loaded.model, torch.device("cuda", 0),
-                                           loaded.golden_max_error, loaded.weights_bytes))
-        assert torch.get_num_threads() == 1
+    torch.set_num_threads(3)
+    try:
+        spec = load_archive_model(_archive_dir(tmp_path, digits_model, cpu_threads=threads)).spec
+        assert torch.get_num_threads() == threads
+        torch.set_num_threads(3)
+        apply_process_settings(spec)  # what a worker on cuda:0 runs too: no device in sight
+        assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
 
@@ -101,7 +105,7 @@ def test_requests_follow_the_model_precision(tmp_path, digits_model):
     context = Context("digits_cnn", str(folder), {}, 1, None, "0.12.0")
     context.request_processor = [RequestProcessor({})]
     handler.initialize(context)
-    batch = handler._to_device(np.zeros((2, 1, 8, 8), dtype=np.float32))
+    batch = handler.batch([handler.decode_request({"body": {"inputs": np.zeros((2, 1, 8, 8)).tolist()}})])
     assert batch.dtype == torch.bfloat16 and batch.device.type == "cpu"
     body = json.loads(handler.handle([{"body": {"inputs": [[[0.5] * 8] * 8]}}], context)[0])
     assert len(body["outputs"][0]) == 10

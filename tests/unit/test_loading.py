@@ -4,11 +4,14 @@
 import pytest
 import torch
 
-from handlers.loading import (WeightsError, build_model, example_input, input_dtype,
-                              read_checkpoint, select_device)
+from handlers.checkpoint import read_checkpoint
+from handlers.construction import build_model
+from handlers.device import input_dtype, select_device
+from handlers.errors import WeightsError
+from handlers.records import example_input
 from handlers.spec import load_spec
 from model_defs import create_model
-from tests.conftest import digits_spec_data, write_spec
+from tests.helpers import digits_spec_data, write_spec
 
 CPU = torch.device("cpu")
 

@@ -5,6 +5,7 @@ import io
 import pytest
 import torch
 
+from handlers.errors import ArchitectureError
 from model_defs import create_model, definition_files, get_entry, list_models
 from model_defs.registry import _package_imports
 
@@ -47,7 +48,7 @@ def test_at_least_the_two_bundled_architectures():
 
 
 def test_unknown_name_lists_known_names():
-    with pytest.raises(KeyError) as err:
+    with pytest.raises(ArchitectureError) as err:
         create_model("resnet9000")
     assert "'resnet9000'" in str(err.value)
     for name in list_models():
@@ -55,7 +56,7 @@ def test_unknown_name_lists_known_names():
 
 
 def test_bad_params_name_the_accepted_arguments():
-    with pytest.raises(TypeError, match="accepts: in_features, hidden_sizes, out_features"):
+    with pytest.raises(ArchitectureError, match="accepts: in_features, hidden_sizes, out_features"):
         create_model("mlp", widht=3)
 
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from handlers.spec import SpecError, load_spec
-from tests.conftest import DIGITS_SPEC, REPO_ROOT, digits_spec_data, write_spec
+from handlers.errors import SpecError
+from handlers.spec import load_spec
+from tests.helpers import DIGITS_SPEC, REPO_ROOT, digits_spec_data, write_spec
 
 
 def test_bundled_spec_loads():

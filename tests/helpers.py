@@ -1,0 +1,62 @@
+"""Helpers the tests share: specs and weights in temporary folders, the `mar` command, a tampered
+archive. Fixtures live in conftest.py files."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DIGITS_SPEC = REPO_ROOT / "model_defs" / "specs" / "digits_cnn.yaml"
+MAR = Path(sys.executable).parent / "mar"
+
+
+def digits_spec_data(**overrides) -> dict:
+    """The bundled digits spec as data, with top-level keys replaced by `overrides`."""
+    data = yaml.safe_load(DIGITS_SPEC.read_text())
+    data.update(overrides)
+    return data
+
+
+def write_spec(folder: Path, data: dict, name: str = "spec.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> Path:
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def run_mar(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed `mar` command as a user would (a process of its own)."""
+    result = subprocess.run([str(MAR), *map(str, args)], capture_output=True, text=True,
+                            env={**os.environ, **(env or {})}, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mar {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def tamper_weights(archive: Path, out: Path, weights_name: str) -> Path:
+    """A copy of `archive` whose weights file has one bias changed: what an attacker, or a bad
+    copy, would leave behind. The build record inside is left as it was."""
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == weights_name:
+                state = torch.load(io.BytesIO(data), weights_only=True)
+                state["classifier.4.bias"] += 1.0
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+                data = buffer.getvalue()
+            dst.writestr(item, data)
+    return out
