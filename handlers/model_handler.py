@@ -30,7 +30,7 @@ from torch import Tensor
 
 from handlers.device import input_dtype
 from handlers.errors import RequestError
-from handlers.metrics import BatchClock
+from handlers.metrics import BatchClock, HandlerMetrics
 from handlers.protocols import Decoded, InputContract, decode, error_body
 from handlers.spec import ModelSpec
 from handlers.startup import ArchiveModel, load_archive_model, worker_report
@@ -67,6 +67,7 @@ class ModelHandler:
         self.model: torch.nn.Module | None = None
         self._input_dtype = torch.float32
         self._contract: InputContract | None = None
+        self._metrics = HandlerMetrics()
 
     def initialize(self, context) -> None:
         """Check the archive's build record, load the model on its device, run the golden check
@@ -97,8 +98,9 @@ class ModelHandler:
         bodies = [self.encode_response(d if isinstance(d, RequestError) else next(answers), idx,
                                        context) for idx, d in enumerate(decoded)]
         clock.lap("encode")
-        clock.report(context, requests=len(requests), errors=len(requests) - len(accepted),
-                     samples=sum(len(d.samples) for d in accepted))
+        self._metrics.record(clock, requests=len(requests), errors=len(requests) - len(accepted),
+                             samples=sum(len(d.samples) for d in accepted))
+        self._metrics.flush_due(context)
         return bodies
 
     def decode_request(self, request: dict) -> Decoded:
