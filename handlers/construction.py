@@ -24,7 +24,7 @@ from handlers.checkpoint import read_checkpoint
 from handlers.device import model_dtype
 from handlers.errors import ArchitectureError, MarError, WeightsError
 from handlers.hashing import blake3_file
-from handlers.matching import LoadPlan, match_state_dict, tie_groups
+from handlers.matching import LoadPlan, align_prefix, match_state_dict, tie_groups
 from handlers.spec import ModelSpec
 from model_defs import create_model
 
@@ -48,10 +48,12 @@ def build_model(spec: ModelSpec, weights_path: Path, *, device: torch.device,
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
         digest = pool.submit(blake3_file, weights_path) if expected_blake3 else None
-        checkpoint = read_checkpoint(weights_path, use_ema=spec.checkpoint.use_ema)
+        checkpoint = read_checkpoint(weights_path, spec.checkpoint)
         # A partial load keeps the constructor's values for what is missing, so it needs them real.
         partial = bool(spec.checkpoint.allow_missing)
         model = _construct(spec, parameters_on_meta=not partial)
+        if not (spec.checkpoint.strip_prefix or spec.checkpoint.add_prefix):
+            align_prefix(model, checkpoint)
         plan = match_state_dict(model, checkpoint.state_dict, spec=spec, weights_path=weights_path)
         if digest is not None and digest.result() != expected_blake3:
             raise WeightsError(

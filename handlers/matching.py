@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor, nn
 
+from handlers.checkpoint import Checkpoint
 from handlers.errors import WeightsError
 from handlers.spec import ModelSpec
 
-__all__ = ["LoadPlan", "match_state_dict", "tie_groups"]
+__all__ = ["LoadPlan", "match_state_dict", "align_prefix", "tie_groups"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,51 @@ def match_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], *, spec
     if missing or unexpected or shapes or dtypes:
         raise WeightsError(_mismatch_report(spec, weights_path, missing, unexpected, shapes, dtypes))
     return LoadPlan(let_through, ignored)
+
+
+def align_prefix(model: nn.Module, checkpoint: Checkpoint) -> None:
+    """Strip or add a key prefix when, and only when, it maps every key the model lacks onto
+    every key it does not expect, one to one: a LightningModule's `model.` on every key, say.
+    The checkpoint is renamed in place and the note says what was done; anything short of an
+    exact, complete mapping is left for the mismatch report to name."""
+    missing, unexpected = _differences(model, checkpoint.state_dict)
+    fit = _prefix_fit(missing, unexpected)
+    if fit is None or fit[2] != len(missing) or len(missing) != len(unexpected):
+        return
+    action, prefix, _ = fit
+    state = checkpoint.state_dict
+    if action == "strip":
+        checkpoint.state_dict = {k[len(prefix):] if k in unexpected else k: v for k, v in state.items()}
+        checkpoint.notes.append(f"stripped prefix `{prefix}` from {len(unexpected)} keys: each was "
+                                f"`{prefix}` + a key the model needs and lacked")
+    else:
+        checkpoint.state_dict = {prefix + k if k in unexpected else k: v for k, v in state.items()}
+        checkpoint.notes.append(f"added prefix `{prefix}` to {len(unexpected)} keys: the model "
+                                f"holds each under `{prefix}` and lacked it")
+
+
+def _differences(model: nn.Module, state_dict: Mapping[str, Tensor]) -> tuple[set[str], set[str]]:
+    expected = set(model.state_dict())
+    missing = expected - set(state_dict) - _tied_aliases_present(model, state_dict)
+    return missing, set(state_dict) - expected
+
+
+def _prefix_fit(missing: set[str], unexpected: set[str]) -> tuple[str, str, int] | None:
+    """The prefix that maps the most keys between the two sides, as ("strip" or "add", prefix,
+    how many keys it maps): strip when checkpoint keys are prefix + model keys, add when model keys
+    are prefix + checkpoint keys."""
+    counts: Counter = Counter()
+    for action, longer, shorter in (("strip", unexpected, missing), ("add", missing, unexpected)):
+        for key in longer:
+            parts = key.split(".")
+            for cut in range(1, len(parts)):
+                prefix = ".".join(parts[:cut]) + "."
+                if key[len(prefix):] in shorter:
+                    counts[(action, prefix)] += 1
+    if not counts:
+        return None
+    (action, prefix), mapped = counts.most_common(1)[0]
+    return action, prefix, mapped
 
 
 def tie_groups(model: nn.Module) -> list[list[str]]:
@@ -90,11 +137,47 @@ def _mismatch_report(spec: ModelSpec, weights_path: Path, missing, unexpected, s
     return (
         f"weights {weights_path} do not fit arch {spec.arch!r} with params {spec.params} "
         f"(spec {spec.source}):\n" + "\n".join(lines) + "\n"
+        + (_key_fix(missing, unexpected) if not (shapes or dtypes) else "") +
         "Likely fix: the spec's `params` differ from training (shapes), `arch` names another "
         "architecture (missing and unexpected keys), or the checkpoint is not this model's. "
         "For a deliberate partial load, list key patterns under checkpoint.allow_missing or "
         "checkpoint.ignore_unexpected in the spec."
     )
+
+
+def _key_fix(missing: list[str], unexpected: list[str]) -> str:
+    """The one spec line that would fix keys that differ only by a prefix or by extras."""
+    fit = _prefix_fit(set(missing), set(unexpected))
+    if fit is not None and fit[2] >= max(1, min(len(missing), len(unexpected)) // 2):
+        action, prefix, mapped = fit
+        if action == "strip":
+            rest = len(unexpected) - mapped
+            return (f"Prefix: {mapped} of the unexpected keys are `{prefix}` + a missing key. Add "
+                    f'`checkpoint: {{strip_prefix: "{prefix}"}}` to the spec: it keeps the keys under '
+                    f"`{prefix}` without it" + (f" and drops the {rest} others (listed at build)"
+                                                if rest else "")
+                    + (f"; {len(missing) - mapped} model keys would still be missing"
+                       if mapped < len(missing) else "") + ".\n")
+        rest = len(missing) - mapped
+        return (f"Prefix: {mapped} of the missing keys are `{prefix}` + an unexpected key: the "
+                f"checkpoint holds the model's `{prefix}` part. Add "
+                f'`checkpoint: {{add_prefix: "{prefix}"}}` to the spec'
+                + (f" (and list the {rest} other missing keys under checkpoint.allow_missing)"
+                   if rest else "") + ".\n")
+    if unexpected and not missing:
+        return (f"Only extra keys: if the checkpoint holds training-only tensors, add "
+                f"`checkpoint: {{ignore_unexpected: {_patterns(unexpected)}}}` to the spec.\n")
+    if missing and not unexpected:
+        return (f"Only missing keys: if the model may keep its constructed values for them, add "
+                f"`checkpoint: {{allow_missing: {_patterns(missing)}}}` to the spec.\n")
+    return ""
+
+
+def _patterns(keys: list[str]) -> str:
+    """Keys as a short YAML list: the keys themselves, or one `head.*` pattern per top module."""
+    if len(keys) > 4:
+        keys = sorted({k.split(".", 1)[0] + ".*" if "." in k else k for k in keys})
+    return "[" + ", ".join(f'"{k}"' for k in keys) + "]"
 
 
 _NUMBER = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")

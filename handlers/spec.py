@@ -15,7 +15,7 @@ Example (`model_defs/specs/digits_cnn.yaml`)::
     labels: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
     serving: {batch_size: 8, max_batch_delay_ms: 5, min_workers: 1, max_workers: 1,
               response_timeout_s: 120, device: auto, precision: fp32}
-    checkpoint: {use_ema: false, allow_missing: [], ignore_unexpected: []}   # optional
+    checkpoint: {key: model_state, strip_prefix: model., allow_missing: [], ignore_unexpected: []}   # optional
 """
 
 from __future__ import annotations
@@ -121,7 +121,10 @@ def check_worker_range(min_workers: int, max_workers: int, problems: list[str], 
 
 @dataclass(frozen=True)
 class CheckpointSpec:
+    key: str | None = None  # dotted path to the state_dict inside the checkpoint, e.g. model_state
     use_ema: bool = False  # load the EMA weights (`state_dict_ema` or `model_ema`) of the checkpoint
+    strip_prefix: str | None = None  # keep only keys under this prefix, without it ("model.")
+    add_prefix: str | None = None  # put this prefix before every key ("backbone.")
     allow_missing: tuple[str, ...] = ()  # glob patterns of model keys the checkpoint may lack
     ignore_unexpected: tuple[str, ...] = ()  # glob patterns of checkpoint keys the model lacks
 
@@ -218,9 +221,8 @@ def spec_to_dict(spec: ModelSpec, *, weights: str | None = None) -> dict[str, An
         "weights": weights if weights is not None else spec.weights,
         "input": {"shape": list(spec.input.shape), "dtype": spec.input.dtype},
         "serving": {f.name: _plain(getattr(spec.serving, f.name)) for f in fields(ServingSpec)},
-        "checkpoint": {"use_ema": spec.checkpoint.use_ema,
-                       "allow_missing": list(spec.checkpoint.allow_missing),
-                       "ignore_unexpected": list(spec.checkpoint.ignore_unexpected)},
+        "checkpoint": {f.name: _plain(getattr(spec.checkpoint, f.name))
+                       for f in fields(CheckpointSpec)},
     }
     if spec.labels is not None:
         data["labels"] = list(spec.labels)
@@ -368,6 +370,13 @@ def _check_checkpoint(value: Any, problems: list[str]) -> CheckpointSpec:
         return CheckpointSpec()
     settings = {k: v for k, v in section.items() if k in _CHECKPOINT_KEYS}
     _check_bool(settings, "use_ema", "checkpoint", problems)
+    for key in ("key", "strip_prefix", "add_prefix"):
+        if settings.get(key) is not None and not (isinstance(settings[key], str) and settings[key]):
+            problems.append(f"`checkpoint.{key}` {settings.pop(key)!r} must be a non-empty string"
+                            + (', e.g. "model."' if key != "key" else ", e.g. model_state"))
+    if settings.get("key") and settings.get("use_ema"):
+        problems.append("`checkpoint.key` and `checkpoint.use_ema` both choose the state_dict; "
+                        "keep one (key: model_ema does what use_ema does)")
     for key in ("allow_missing", "ignore_unexpected"):
         listed = settings.get(key, [])
         if not (isinstance(listed, list) and all(isinstance(p, str) and p for p in listed)):

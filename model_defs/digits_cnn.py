@@ -5,7 +5,7 @@ from torch import Tensor, nn
 from model_defs.registry import register_model
 
 
-@register_model("digits_cnn", example_input_shape=(1, 8, 8))
+@register_model("digits_cnn")  # its example input comes from model_defs/specs/digits_cnn.yaml
 class DigitsCNN(nn.Module):
     """Two 3x3 convolutions, one 2x2 pooling, two linear layers; input (N, 1, 8, 8) in [0, 1]."""
 

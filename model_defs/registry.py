@@ -1,6 +1,6 @@
 """The model registry: architectures registered by name, built from keyword arguments.
 
-    @register_model("mlp", example_input_shape=(16,))
+    @register_model("mlp")
     class MLP(nn.Module): ...
 
     model = create_model("mlp", in_features=16, hidden_sizes=[32], out_features=4)
@@ -32,7 +32,7 @@ _REGISTRY: dict[str, "ModelEntry"] = {}
 class ModelEntry:
     name: str
     factory: Callable[..., nn.Module]  # an nn.Module class or a function returning one
-    example_input_shape: tuple[int, ...]  # one sample the default parameters accept (for tests)
+    example_input_shape: tuple[int, ...] | None = None  # one sample the defaults accept (tests)
     example_input_dtype: str = "float32"
 
     @property
@@ -40,17 +40,21 @@ class ModelEntry:
         return Path(inspect.getfile(self.factory)).resolve()
 
 
-def register_model(name: str, *, example_input_shape: tuple[int, ...],
+def register_model(name: str, *, example_input_shape: tuple[int, ...] | None = None,
                    example_input_dtype: str = "float32"):
-    """Decorator: register an nn.Module class (or factory) under `name`. The example input (one
-    sample that the constructor's defaults accept) drives the registry's generated tests."""
+    """Decorator: register an nn.Module class (or factory) under `name`.
+
+    The optional example input (one sample the constructor's defaults accept) lets the registry's
+    generated tests run a forward pass with the defaults; without it they take the input and params
+    of a spec under model_defs/specs that uses the architecture."""
 
     def decorate(factory):
         if name in _REGISTRY and _REGISTRY[name].factory is not factory:
             raise ValueError(f"model name {name!r} is registered twice: by "
                              f"{_REGISTRY[name].factory.__qualname__} and {factory.__qualname__}. "
                              "Give one of them another name.")
-        _REGISTRY[name] = ModelEntry(name, factory, tuple(example_input_shape), example_input_dtype)
+        shape = tuple(example_input_shape) if example_input_shape is not None else None
+        _REGISTRY[name] = ModelEntry(name, factory, shape, example_input_dtype)
         return factory
 
     return decorate

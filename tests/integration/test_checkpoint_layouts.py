@@ -12,6 +12,7 @@ from scripts.client import TorchServeClient
 from scripts.manage import register_archive
 from scripts.model_log import ModelLog
 from tests.helpers import digits_spec_data, tamper_weights, write_spec
+from tests.public_checkpoints import LAYOUTS as PUBLIC_LAYOUTS
 
 LAYOUTS = {
     "plain": (lambda sd: sd, {}),
@@ -43,6 +44,18 @@ def _served_outputs(server, name, images):
     return torch.tensor(response.json()["outputs"])
 
 
+def _serves_like_clean(server, spec, name, model):
+    archive = build_archive(spec, export_path=server.config.model_store).archive
+    register_archive(server.config, archive, workers=1)
+    try:
+        images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+        served = _served_outputs(server, name, images)
+    finally:
+        TorchServeClient(server.config).unregister(name)
+    with torch.inference_mode():
+        assert torch.allclose(served, model(images), atol=1e-5)
+
+
 @pytest.mark.parametrize("layout", [*LAYOUTS, "safetensors"])
 def test_layout_serves_like_the_clean_state_dict(torchserve, tmp_path, digits_model, layout):
     name = f"layout_{layout}"
@@ -55,15 +68,19 @@ def test_layout_serves_like_the_clean_state_dict(torchserve, tmp_path, digits_mo
         torch.save(wrap(digits_model.state_dict()), weights)
     spec = write_spec(tmp_path, digits_spec_data(name=name, weights=weights.name,
                                                  **({"checkpoint": checkpoint} if checkpoint else {})))
-    archive = build_archive(spec, export_path=torchserve.config.model_store).archive
-    register_archive(torchserve.config, archive, workers=1)
-    try:
-        images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(7))
-        served = _served_outputs(torchserve, name, images)
-    finally:
-        TorchServeClient(torchserve.config).unregister(name)
-    with torch.inference_mode():
-        assert torch.allclose(served, digits_model(images), atol=1e-5)
+    _serves_like_clean(torchserve, spec, name, digits_model)
+
+
+@pytest.mark.parametrize("project", PUBLIC_LAYOUTS)
+def test_public_projects_checkpoints_serve_with_at_most_one_spec_line(torchserve, tmp_path,
+                                                                      digits_model, project):
+    layout = PUBLIC_LAYOUTS[project]
+    layout.write(digits_model, tmp_path / layout.filename)
+    name = f"public_{project}"
+    spec = write_spec(tmp_path, digits_spec_data(
+        name=name, weights=layout.filename,
+        **({"checkpoint": layout.spec_line} if layout.spec_line else {})))
+    _serves_like_clean(torchserve, spec, name, digits_model)
 
 
 def test_tampered_archive_never_serves(torchserve, tmp_path, digits_model):

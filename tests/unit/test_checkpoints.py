@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file, save_model
 
 from handlers.checkpoint import read_checkpoint
+from handlers.spec import CheckpointSpec
 from handlers.construction import build_model
 from handlers.errors import WeightsError
 from handlers.spec import load_spec
@@ -51,7 +52,7 @@ def test_ema_weights_are_chosen_by_the_spec(tmp_path, mlp, key):
 def test_missing_ema_names_what_the_file_holds(tmp_path, mlp):
     torch.save({"state_dict": mlp.state_dict(), "epoch": 1}, tmp_path / "c.pt")
     with pytest.raises(WeightsError, match=r"holds no EMA weights \(found: epoch, state_dict\)"):
-        read_checkpoint(tmp_path / "c.pt", use_ema=True)
+        read_checkpoint(tmp_path / "c.pt", CheckpointSpec(use_ema=True))
 
 
 def test_safetensors_file(tmp_path, mlp):

@@ -1,46 +1,100 @@
-"""Every registered architecture builds, runs and survives a state_dict round trip."""
+"""Every registered architecture builds, runs and survives a state_dict round trip.
+
+The forward pass needs one sample the model accepts: the registration's example input (with the
+constructor's defaults), else the input and params of a spec under model_defs/specs that uses the
+architecture. An architecture with neither still gets its state_dict round trip.
+"""
 
 import io
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from handlers.errors import ArchitectureError
+from handlers.spec import load_spec
 from model_defs import create_model, definition_files, get_entry, list_models
 from model_defs.registry import _package_imports
+from tests.helpers import REPO_ROOT
+
+SPECS = sorted((REPO_ROOT / "model_defs" / "specs").glob("*.yaml"))
 
 
-def example_batch(name: str, size: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class Example:
+    params: dict
+    shape: tuple[int, ...]
+    dtype: str
+
+    def batch(self, size: int) -> torch.Tensor:
+        dtype = getattr(torch, self.dtype)
+        if dtype.is_floating_point:
+            return torch.rand(size, *self.shape, dtype=dtype)
+        return torch.randint(0, 2, (size, *self.shape), dtype=dtype)
+
+
+def example(name: str) -> Example | None:
     entry = get_entry(name)
-    dtype = getattr(torch, entry.example_input_dtype)
-    if dtype.is_floating_point:
-        return torch.rand(size, *entry.example_input_shape, dtype=dtype)
-    return torch.randint(0, 2, (size, *entry.example_input_shape), dtype=dtype)
+    if entry.example_input_shape is not None:
+        return Example({}, entry.example_input_shape, entry.example_input_dtype)
+    spec = next((s for s in map(load_spec, SPECS) if s.arch == name), None)
+    return Example(spec.params, spec.input.shape, spec.input.dtype) if spec else None
+
+
+def example_or_skip(name: str) -> Example:
+    found = example(name)
+    if found is None:
+        pytest.skip(f"{name} has no example input: register it with example_input_shape=... or "
+                    "add a spec under model_defs/specs that uses it")
+    return found
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_forward_pass(name):
-    model = create_model(name).eval()
-    batch = example_batch(name, 3)
+    found = example_or_skip(name)
+    model = create_model(name, **found.params).eval()
     with torch.inference_mode():
-        output = model(batch)
+        output = model(found.batch(3))
     assert output.shape[0] == 3
     assert torch.isfinite(output).all()
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_state_dict_round_trip_gives_identical_outputs(name):
+def test_state_dict_round_trip_gives_identical_weights_and_outputs(name):
+    found = example(name)
+    params = found.params if found else {}
     torch.manual_seed(1)
-    original = create_model(name).eval()
+    original = create_model(name, **params).eval()
     buffer = io.BytesIO()
     torch.save(original.state_dict(), buffer)
     buffer.seek(0)
     torch.manual_seed(2)  # a different random init, overwritten by the load
-    restored = create_model(name).eval()
+    restored = create_model(name, **params).eval()
     restored.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
-    batch = example_batch(name, 4)
-    with torch.inference_mode():
-        assert torch.equal(original(batch), restored(batch))
+    assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(),
+                                                 restored.state_dict().values()))
+    if found is not None:
+        batch = found.batch(4)
+        with torch.inference_mode():
+            assert torch.equal(original(batch), restored(batch))
+
+
+def test_registration_needs_no_example_input():
+    from torch import nn
+
+    from model_defs.registry import _REGISTRY, register_model
+
+    @register_model("test_only_no_example")
+    class NoExample(nn.Module):
+        def forward(self, x):
+            return x
+
+    try:
+        assert get_entry("test_only_no_example").example_input_shape is None
+        assert example("test_only_no_example") is None
+        assert example("digits_cnn").shape == (1, 8, 8)  # from model_defs/specs/digits_cnn.yaml
+    finally:
+        del _REGISTRY["test_only_no_example"]
 
 
 def test_at_least_the_two_bundled_architectures():
