@@ -1,14 +1,13 @@
 """TorchServe handler for archives built by `mar build`.
 
-The archive carries this file, the `handlers` package (spec, loading and protocol code), the
-`model_defs` files its architecture needs, `spec.yaml` and the weights. At start-up the handler
-rebuilds the model from those files alone, loads the state_dict on the GPU TorchServe assigned (or
-the CPU), and then answers JSON requests in three protocols (see handlers/protocols.py): ours
-(`{"inputs": ...}` on /predictions/<name>), KServe v1 (`{"instances": [...]}` on
-/v1/models/<name>:predict) and the Open Inference Protocol (KServe v2, on /v2/models/<name>/infer).
+The archive carries this file, the `handlers` package, the `model_defs` files its architecture (and
+processor) need, `spec.yaml`, the weights and the spec's `files/`. At start-up the handler rebuilds
+the model from those files alone, loads the state_dict on the GPU TorchServe assigned (or the CPU),
+and then answers requests in the protocols of handlers/protocols.py: ours (`{"inputs": ...}`, JSON
+or multipart), KServe v1 and the Open Inference Protocol (KServe v2, JSON or binary tensors).
 
-A malformed request gets HTTP 400 with a message naming the expected shape and dtype; the other
-requests batched with it are answered normally and the worker keeps serving.
+A malformed request gets HTTP 400 with a message naming the input and the rule; the other requests
+batched with it are answered normally and the worker keeps serving.
 """
 
 from __future__ import annotations
@@ -18,55 +17,47 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import psutil
 import torch
 from torch import Tensor
 
+from handlers.batching import Batch, Batcher
 from handlers.device import input_dtype
 from handlers.errors import RequestError
+from handlers.inputs import InputCodec
 from handlers.metrics import BatchClock, HandlerMetrics
-from handlers.protocols import Decoded, InputContract, decode, error_body
+from handlers.protocols import Answer, Decoded, Protocols, error_reply
+from handlers.records import FILES_DIR
 from handlers.spec import ModelSpec
 from handlers.startup import ArchiveModel, load_archive_model, worker_report
 from handlers.worker_report import WorkerReport
 
-__all__ = ["ModelHandler", "Answer", "handle"]
+__all__ = ["ModelHandler", "handle"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """One request's share of a batch's outputs, ready to encode."""
-    request: Decoded
-    outputs: np.ndarray  # (n, ...) float32, n = the request's samples
-    predictions: list[dict[str, Any]] | None  # label and probabilities per sample, with labels
 
 
 class ModelHandler:
     """initialize() once per worker, then handle() for every batch TorchServe sends.
 
     A batch goes through five hooks, per request or per batch:
-        decode_request   one request body -> its samples and the way to answer it (or a 400)
-        batch            every accepted request's samples -> one tensor on the model's device
-        predict          the model on that tensor -> outputs on the CPU
-        unbatch          the outputs -> one Answer per accepted request
+        decode_request   one request -> its samples as parts, and the way to answer it (or a 400)
+        batch            every accepted request's parts -> forward passes, tensors on the device
+        predict          the model on one forward pass -> its named outputs
+        unbatch          the outputs -> one Answer per accepted request (rows, predictions)
         encode_response  an Answer (or the request's error) -> the response body
     """
 
     def __init__(self) -> None:
         self.initialized = False
         self.spec: ModelSpec | None = None
-        self.device = torch.device("cpu")
-        self.model: torch.nn.Module | None = None
-        self._input_dtype = torch.float32
-        self._contract: InputContract | None = None
+        self.loaded: ArchiveModel | None = None
+        self._protocols: Protocols | None = None
+        self._batcher: Batcher | None = None
         self._metrics = HandlerMetrics()
 
     def initialize(self, context) -> None:
@@ -76,12 +67,12 @@ class ModelHandler:
         try:
             _refuse_request_envelope()
             _receive_raw_bodies()
-            loaded = load_archive_model(Path(context.system_properties["model_dir"]),
-                                        gpu_id=context.system_properties.get("gpu_id"))
+            model_dir = Path(context.system_properties["model_dir"])
+            loaded = load_archive_model(model_dir, gpu_id=context.system_properties.get("gpu_id"))
+            self._adopt(loaded, model_dir / FILES_DIR)
         except Exception as err:
             _report_failure(context, err)
             raise
-        self._adopt(loaded)
         report = worker_report(loaded, resident_before=resident_before, started=started)
         logger.info(report.summary())
         logger.info(report.log_line())
@@ -90,85 +81,97 @@ class ModelHandler:
     def handle(self, requests: list[dict], context) -> list[bytes]:
         """Answer one TorchServe batch: a response body per request, in order."""
         clock = BatchClock()
-        decoded = [self._decode_or_error(request) for request in requests]
+        decoded = [self._decode_or_error(request, context, idx) for idx, request in enumerate(requests)]
         accepted = [d for d in decoded if isinstance(d, Decoded)]
         clock.lap("decode")
-        answers = iter(self.unbatch(self.predict(self.batch(accepted)), accepted) if accepted else [])
+        answers = iter(self._answers(accepted))
         clock.lap("predict")
-        bodies = [self.encode_response(d if isinstance(d, RequestError) else next(answers), idx,
+        bodies = [self.encode_response(d, next(answers) if isinstance(d, Decoded) else None, idx,
                                        context) for idx, d in enumerate(decoded)]
         clock.lap("encode")
         self._metrics.record(clock, requests=len(requests), errors=len(requests) - len(accepted),
-                             samples=sum(len(d.samples) for d in accepted))
+                             samples=sum(len(next(iter(p.values()))) for d in accepted for p in d.parts))
         self._metrics.flush_due(context)
         return bodies
 
-    def decode_request(self, request: dict) -> Decoded:
-        """One request's samples as a (n, *input.shape) array, with the way to answer it in its
-        protocol. Raises RequestError."""
-        return decode(_json_body(request), self._contract, model=(self.spec.name, self.spec.version))
+    def decode_request(self, request: dict, headers: dict[str, Any] | None = None) -> Decoded:
+        """One request's samples, with the way to answer it in its protocol. Raises RequestError."""
+        return self._protocols.decode(request, headers or {})
 
-    def batch(self, accepted: list[Decoded]) -> Tensor:
-        """Every accepted request's samples as one tensor of the model's input dtype on its
-        device; on a GPU through pinned memory, so the copy is asynchronous."""
-        tensor = torch.from_numpy(np.concatenate([d.samples for d in accepted]))
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory()
-        return tensor.to(self.device, dtype=self._input_dtype, non_blocking=True)
+    def batch(self, accepted: list[Decoded]) -> list[Batch]:
+        """Every accepted request's samples as forward passes, on the model's device."""
+        return self._batcher.batches([d.parts for d in accepted])
 
-    def predict(self, batch: Tensor) -> Tensor:
-        """Run the model on one batch; the result comes back to the CPU once, as float32."""
-        with torch.inference_mode():
-            return self.model(batch).float().cpu()
+    def predict(self, batch: Batch) -> dict[str, Tensor]:
+        """The model on one forward pass, its outputs named."""
+        return self.loaded.model_io(batch.inputs)
 
-    def unbatch(self, outputs: Tensor, accepted: list[Decoded]) -> list[Answer]:
-        """Each accepted request's rows of the outputs, with their predictions."""
-        outputs_np = outputs.numpy()
-        predictions = self._predictions(outputs)
-        answers, offset = [], 0
-        for request in accepted:
-            rows = slice(offset, offset + len(request.samples))
-            offset += len(request.samples)
-            answers.append(Answer(request, outputs_np[rows],
-                                  predictions[rows] if predictions is not None else None))
-        return answers
+    def unbatch(self, batches: list[Batch], outputs: list[dict[str, Tensor]],
+                accepted: list[Decoded]) -> list[Answer]:
+        """Each accepted request's rows of every output, with their predictions."""
+        rows = self._batcher.split(batches, outputs, len(accepted))
+        return [Answer(request_rows, self._predictions(request_rows)) for request_rows in rows]
 
-    def encode_response(self, answer: Answer | RequestError, idx: int, context) -> bytes:
-        """The response body in the request's protocol, as compact JSON bytes; a RequestError
-        becomes this request's HTTP 400 (its batch neighbours are unaffected)."""
-        if isinstance(answer, RequestError):
-            context.set_response_status(400, str(answer), idx)
-            body = error_body(str(answer))
+    def encode_response(self, request: Decoded | RequestError, answer: Answer | None, idx: int,
+                        context) -> bytes:
+        """The answer in the request's protocol; a RequestError becomes this request's HTTP 400
+        (its batch neighbours are unaffected)."""
+        if isinstance(request, RequestError):
+            context.set_response_status(400, str(request), idx)
+            reply = error_reply(str(request))
         else:
-            body = answer.request.reply(answer.outputs, answer.predictions)
-        context.set_response_content_type(idx, "application/json")
-        # Bytes go out as they are; TorchServe would re-encode a dict with json and indent=2.
-        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+            reply = request.encode(answer)
+        context.set_response_content_type(idx, reply.content_type)
+        for key, value in reply.headers.items():
+            context.set_response_header(idx, key, value)
+        return reply.body
 
-    def _adopt(self, loaded: ArchiveModel) -> None:
-        self.spec, self.model, self.device = loaded.spec, loaded.model, loaded.device
-        self._input_dtype = input_dtype(self.spec)
-        # numpy has no bfloat16 (and float16 parsing is slow): parse floats as float32, then cast
-        parse_dtype = np.dtype(np.float32) if self._input_dtype.is_floating_point else \
-            np.dtype(self.spec.input.dtype)
-        self._contract = InputContract(self.spec.input.shape, self.spec.input.dtype, parse_dtype)
+    def _answers(self, accepted: list[Decoded]) -> list[Answer]:
+        if not accepted:
+            return []
+        batches = self.batch(accepted)
+        return self.unbatch(batches, [self.predict(batch) for batch in batches], accepted)
 
-    def _decode_or_error(self, request: dict) -> Decoded | RequestError:
+    def _adopt(self, loaded: ArchiveModel, files_dir: Path) -> None:
+        from model_defs import create_processor
+
+        self.spec, self.loaded = loaded.spec, loaded
+        processor = create_processor(self.spec.processor, files_dir) if self.spec.processor else None
+        self._protocols = Protocols(self.spec, InputCodec(self.spec, files_dir), processor)
+        dtypes = {i.name: input_dtype(self.spec, i) for i in self.spec.inputs}
+        self._batcher = Batcher(self.spec, loaded.device, dtypes)
+
+    def _decode_or_error(self, request: dict, context, idx: int) -> Decoded | RequestError:
         try:
-            return self.decode_request(request)
+            return self.decode_request(request, _headers(context, idx))
         except RequestError as err:
             return err
 
-    def _predictions(self, outputs: Tensor) -> list[dict[str, Any]] | None:
-        """Label, probability and all class probabilities per sample (float32 kept as float32,
-        so the JSON carries 9 digits, not 17); None without labels."""
-        if self.spec.labels is None:
+    def _predictions(self, rows: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Label, probability and class probabilities (the top `top_k`, or all) per sample of the
+        labelled output (float32 kept as float32, so the JSON carries 9 digits, not 17)."""
+        output = self.spec.io.classified_output
+        if output is None:
             return None
-        probabilities = torch.softmax(outputs, dim=-1).numpy()
-        best = probabilities.argmax(axis=-1)
-        labels = self.spec.labels
-        return [{"label": labels[b], "probability": row[b], "probabilities": dict(zip(labels, row))}
-                for b, row in zip(best.tolist(), probabilities)]
+        logits = rows[output]
+        logits = np.stack(logits) if isinstance(logits, list) else logits
+        probabilities = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
+                                      dim=-1).numpy()
+        labels, top_k = self.spec.labels, self.spec.io.top_k
+        predictions = []
+        for row in probabilities:
+            order = np.argsort(-row, kind="stable")[:top_k] if top_k else range(len(labels))
+            best = int(row.argmax())
+            predictions.append({"label": labels[best], "probability": row[best],
+                                "probabilities": {labels[i]: row[i] for i in order}})
+        return predictions
+
+
+def _headers(context, idx: int) -> dict[str, Any]:
+    try:
+        return context.get_all_request_header(idx) or {}
+    except (AttributeError, IndexError, TypeError):  # a context without request processors
+        return {}
 
 
 def _report_failure(context, err: Exception) -> None:
@@ -186,19 +189,6 @@ def _receive_raw_bodies() -> None:
     request): its json.loads is 3-4x slower than orjson on float arrays, and on malformed JSON it
     logs a traceback before passing the bytes on anyway."""
     os.environ["TS_DECODE_INPUT_REQUEST"] = "false"
-
-
-def _json_body(request: dict) -> Any:
-    """The parsed body: from bytes, or as it is where TorchServe parsed it already (a handler
-    used in-process, without `_receive_raw_bodies`)."""
-    body = request.get("body", request.get("data"))
-    if isinstance(body, (bytes, bytearray, str)):
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as err:
-            raise RequestError(f"request body is not valid JSON ({err}); send UTF-8 JSON "
-                               '(no NaN or Infinity) with {"inputs": ...}') from None
-    return body
 
 
 def _refuse_request_envelope() -> None:

@@ -1,216 +1,398 @@
 """The request protocols the handler answers, each decoded and answered per request.
 
-    ours        {"inputs": <one sample, or a list of samples>}
-             -> {"outputs": [...], "predictions": [...]}            (predictions with labels)
-    KServe v1   {"instances": [<sample>, ...]}
-             -> {"predictions": [...]}
-    KServe v2   {"id"?, "inputs": [{"name", "shape", "datatype", "data"}], "outputs"?: [{"name"}]}
-    (Open Inference Protocol, JSON tensors)
-             -> {"model_name", "model_version", "id"?, "outputs": [{"name", "shape", "datatype", "data"}]}
+    ours        {"inputs": <the one input's value>}  or  {"inputs": {"<name>": <value>, ...}}
+             -> {"outputs": <rows>} or {"outputs": {"<name>": <rows>}}, "predictions" with labels
+    multipart   one part per named input (JSON, text or raw bytes)  -> as ours
+    KServe v1   {"instances": [<sample, or {"<name>": <value>}>, ...]}
+             -> {"predictions": [<per instance>]}
+    KServe v2   the Open Inference Protocol: {"id"?, "inputs": [{"name", "shape", "datatype",
+                "data"}], "outputs"?: [{"name", "parameters"?}], "parameters"?}, JSON tensors or
+                the binary extension (Inference-Header-Content-Length)
+             -> {"model_name", "model_version", "id"?, "outputs": [tensors]}, binary on request
 
-TorchServe sends `/predictions/<name>`, `/v1/models/<name>:predict` and `/v2/models/<name>/infer` to
-the same worker without saying which was called, so the body tells them apart: a list of tensor
-objects under `inputs` is the Open Inference Protocol.
+A value is one sample or a list of samples; see handlers/inputs.py for its forms. TorchServe sends
+`/predictions/<name>`, `/v1/models/<name>:predict` and `/v2/models/<name>/infer` to the same worker
+without saying which was called, so the body tells them apart: a list of tensor objects under
+`inputs` is the Open Inference Protocol.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import orjson
 
 from handlers.errors import RequestError
+from handlers.inputs import InputCodec, Part
+from handlers.spec import ModelSpec
 
-__all__ = ["RequestError", "InputContract", "Decoded", "decode", "error_body"]
+__all__ = ["Answer", "Reply", "Decoded", "Protocols", "error_reply", "BINARY_HEADER"]
 
-# Open Inference Protocol datatypes and the numpy dtype their JSON data parses to.
+BINARY_HEADER = "inference-header-content-length"
+# Open Inference Protocol datatypes and their numpy dtypes.
 _OIP_DTYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
                "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
                "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
-_OIP_OUTPUT = "output"  # the model's one output tensor, as named in v2 responses
+_LABEL_TENSORS = ("label", "probability", "probabilities")
 
 
 @dataclass(frozen=True)
-class InputContract:
-    """What one sample must look like, and how request values are parsed."""
-    shape: tuple[int, ...]  # one sample, without the batch dimension
-    dtype: str  # the spec's dtype, for messages
-    parse_dtype: np.dtype  # what request values are parsed to before the model's cast
-
-    def describe(self) -> str:
-        shape = list(self.shape)
-        return (f"expected one sample of shape {shape} or a list of samples of shape [N, "
-                f"{', '.join(map(str, shape))}], dtype {self.dtype}, "
-                f'e.g. {{"inputs": {_zeros(shape)}}}')
+class Answer:
+    """One request's share of a batch: its rows of every output, and its predictions."""
+    outputs: dict[str, Any]  # output name -> (n, ...) array, or a list of arrays per sample
+    predictions: list[dict[str, Any]] | None  # per sample, with labels
 
 
-# Given a request's outputs (n, ...) and its predictions (or None without labels), its body.
-Reply = Callable[[np.ndarray, "list[dict] | None"], dict]
+@dataclass(frozen=True)
+class Reply:
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Decoded:
-    samples: np.ndarray  # (n, *input.shape)
-    reply: Reply  # builds this request's response body in its own protocol
+    parts: list[Part]  # the request's samples, see handlers/inputs.py
+    encode: Callable[[Answer], Reply]  # its answer in its own protocol
 
 
-def decode(payload: Any, contract: InputContract, *, model: tuple[str, str]) -> Decoded:
-    """One parsed request body as samples plus the way to answer it. Raises RequestError.
-
-    `model` is (name, version), which v2 responses carry."""
-    if isinstance(payload, dict) and _is_oip(payload.get("inputs")):
-        return _decode_oip(payload, contract, model)
-    if isinstance(payload, dict) and "instances" in payload:
-        samples = _samples(payload["instances"], "instances", contract, single_allowed=False)
-        return Decoded(samples, _kserve_v1_reply)
-    if isinstance(payload, dict) and "inputs" in payload:
-        return Decoded(_samples(payload["inputs"], "inputs", contract, single_allowed=True),
-                       _our_reply)
-    raise RequestError(f'expected a JSON object {{"inputs": ...}}; {contract.describe()}')
-
-
-def error_body(message: str) -> dict:
+def error_reply(message: str) -> Reply:
     """The 400 body: TorchServe's error shape, plus `error`, which KServe's clients read."""
-    return {"code": 400, "type": "BadRequest", "message": message, "error": message}
+    return _json({"code": 400, "type": "BadRequest", "message": message, "error": message})
 
 
-# ---- ours and KServe v1 ----
+class Protocols:
+    def __init__(self, spec: ModelSpec, codec: InputCodec, processor: Any = None) -> None:
+        self.spec, self.codec, self.processor = spec, codec, processor
+        self.input_names = [i.name for i in spec.inputs]
+        self.output_names = [o.name for o in spec.outputs]
 
-def _samples(value: Any, key: str, contract: InputContract, *, single_allowed: bool) -> np.ndarray:
-    try:
-        # numpy parses nested lists about twice as fast as torch.tensor
-        array = np.asarray(value, dtype=contract.parse_dtype)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise RequestError(f"`{key}` is not a numeric array ({err}); {contract.describe()}") from None
-    return _batched(array, f"`{key}`", contract, single_allowed=single_allowed)
+    def decode(self, request: dict, headers: dict[str, Any]) -> Decoded:
+        """One TorchServe request (its parameters and headers) as parts plus the way to answer.
+        Raises RequestError."""
+        fields = {k: v for k, v in request.items() if k not in ("body", "data")}
+        if fields:
+            return self._multipart(fields, headers)
+        body = request.get("body", request.get("data"))
+        length = _header(headers, BINARY_HEADER)
+        if length is not None and isinstance(body, (bytes, bytearray)):
+            return self._oip(*_split_binary(bytes(body), length))
+        payload = _json_body(body)
+        if isinstance(payload, dict) and _is_oip(payload.get("inputs")):
+            return self._oip(payload, b"")
+        if isinstance(payload, dict) and "instances" in payload:
+            return self._kserve_v1(payload["instances"])
+        if isinstance(payload, dict) and "inputs" in payload:
+            return Decoded(self._parts(self._named(payload["inputs"]), label="`inputs`"),
+                           self._our_reply)
+        raise RequestError(f'expected a JSON object {{"inputs": ...}}; {self.codec.describe()}')
+
+    # ---- ours, multipart, KServe v1 ----
+
+    def _named(self, value: Any) -> dict[str, Any]:
+        """{"inputs": value} for one input, or {"inputs": {name: value}} for any number (after
+        the spec's processor, which may map what clients send onto the inputs)."""
+        if self.processor is not None:
+            value = self.processor.decode(value)
+        if isinstance(value, dict) and set(value) != {"b64"} and (
+                len(self.input_names) > 1 or set(value) <= set(self.input_names)):
+            return value  # by name; the codec names any unknown or missing input
+        if len(self.input_names) > 1:
+            raise RequestError(f'this model takes named inputs: {{"inputs": {{'
+                               f'{", ".join(f"{chr(34)}{n}{chr(34)}: ..." for n in self.input_names)}'
+                               f"}}}}; {self.codec.describe()}")
+        return {self.input_names[0]: value}
+
+    def _parts(self, values: dict[str, Any], *, label: str | None = None,
+               batched: bool = False) -> list[Part]:
+        return self.codec.parts(values, label=label, batched=batched)
+
+    def _multipart(self, fields: dict[str, Any], headers: dict[str, Any]) -> Decoded:
+        values = {}
+        for name, value in fields.items():
+            content_type = str((headers.get(name) or {}).get("content-type", "")).lower()
+            values[name] = _part_value(name, value, content_type)
+        return Decoded(self._parts(self._named(values)), self._our_reply)
+
+    def _our_reply(self, answer: Answer) -> Reply:
+        outputs = self._encoded_outputs(answer)
+        if len(self.output_names) == 1 and not self.processor:
+            outputs = outputs[self.output_names[0]]  # one output: its rows, as before outputs had names
+        body: dict[str, Any] = {"outputs": outputs}
+        if answer.predictions is not None:
+            body["predictions"] = answer.predictions
+        return _json(body)
+
+    def _kserve_v1(self, instances: Any) -> Decoded:
+        if not (isinstance(instances, list) and instances):
+            raise RequestError(f"`instances` must be a non-empty list of samples; "
+                               f"{self.codec.describe()}")
+        if self.processor is not None:
+            instances = [self.processor.decode(i) for i in instances]
+        if len(self.input_names) == 1 and not all(
+                isinstance(i, dict) and set(i) == {self.input_names[0]} for i in instances):
+            values = {self.input_names[0]: instances}
+        elif all(isinstance(i, dict) for i in instances):
+            values = {n: [i.get(n) for i in instances] for n in instances[0]}
+        else:
+            raise RequestError(f"each instance must name this model's inputs: "
+                               f'{{"instances": [{{{", ".join(repr(n) + ": ..." for n in self.input_names)}}}]}}')
+        return Decoded(self._parts(values, label="`instances`", batched=True), self._v1_reply)
+
+    def _v1_reply(self, answer: Answer) -> Reply:
+        outputs = self._encoded_outputs(answer)
+        count = len(next(iter(outputs.values())))
+        rows = [{name: values[i] for name, values in outputs.items()} for i in range(count)]
+        if len(self.output_names) == 1 and not self.processor:
+            rows = [row[self.output_names[0]] for row in rows]
+        if answer.predictions is None:
+            return _json({"predictions": rows})
+        if not isinstance(rows[0], dict):
+            rows = [{"outputs": row} for row in rows]
+        return _json({"predictions": [{**p, **row} for p, row in zip(answer.predictions, rows)]})
+
+    def _encoded_outputs(self, answer: Answer) -> dict[str, Any]:
+        return self.processor.encode(answer.outputs) if self.processor else answer.outputs
+
+    # ---- the Open Inference Protocol ----
+
+    def _oip(self, payload: dict, binary: bytes) -> Decoded:
+        tensors = payload.get("inputs")
+        if not _is_oip(tensors):
+            raise RequestError('a v2 request needs "inputs": a list of tensors with "name", '
+                               '"shape", "datatype" and "data" (or binary_data_size)')
+        values, offset = {}, 0
+        for tensor in tensors:
+            name, value, used = self._oip_tensor(tensor, binary, offset)
+            values[name] = value
+            offset += used
+        if offset != len(binary):
+            raise RequestError(f"the binary part holds {len(binary)} bytes after the JSON header "
+                               f"but the inputs' binary_data_size add up to {offset}")
+        parts = self._parts(values, batched=True)
+        return Decoded(parts, self._oip_encoder(payload))
+
+    def _oip_tensor(self, tensor: dict, binary: bytes, offset: int) -> tuple[str, Any, int]:
+        name = tensor.get("name")
+        if len(self.input_names) == 1 and isinstance(name, str):
+            name = self.input_names[0]  # one input: any tensor name will do (e.g. "input-0")
+        if name not in self.input_names and name != self.spec.io.attention_mask:
+            raise RequestError(f"unknown input tensor {name!r}; this model takes "
+                               f"{', '.join(self.input_names)}")
+        shape, datatype = tensor.get("shape"), tensor.get("datatype")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                and d >= 0 for d in shape)):
+            raise RequestError(f"input tensor {name!r} has shape {shape!r}; a shape is a list of "
+                               "non-negative integers, e.g. [1, 1, 8, 8]")
+        size = tensor.get("parameters", {}).get("binary_data_size")
+        model_input = next(i for i in self.spec.inputs if i.name == name)
+        text = name == self.codec.text_input
+        if datatype == "BYTES":
+            if not text:
+                raise RequestError(f"input tensor {name!r} is BYTES but `{name}` takes "
+                                   f"{model_input.dtype} numbers")
+            items = _bytes_items(binary[offset:offset + size], name) if size is not None else \
+                tensor.get("data")
+            count = int(np.prod(shape, dtype=np.int64))
+            if not isinstance(items, list) or len(items) != count:
+                raise RequestError(f"input tensor {name!r} has {len(items) if isinstance(items, list) else 0} "
+                                   f"strings but its shape {shape} holds {count}")
+            return name, items, size or 0
+        array = _oip_array(tensor, name, shape, datatype, model_input.dtype, binary, offset, size)
+        return name, array, size or 0
+
+    def _oip_encoder(self, payload: dict) -> Callable[[Answer], Reply]:
+        requested = _requested(payload.get("outputs"), self._oip_names())
+        binary_default = bool((payload.get("parameters") or {}).get("binary_data_output"))
+        request_id = payload.get("id")
+
+        def encode(answer: Answer) -> Reply:
+            body: dict[str, Any] = {"model_name": self.spec.name,
+                                    "model_version": self.spec.version}
+            if request_id is not None:
+                body["id"] = request_id
+            chunks: list[bytes] = []
+            tensors = []
+            for name, array in self._oip_tensors(answer):
+                wanted = requested.get(name, binary_default) if requested else binary_default
+                if requested and name not in requested:
+                    continue
+                tensors.append(_oip_output(name, array, chunks if wanted else None))
+            body["outputs"] = tensors
+            if not chunks:
+                return _json(body)
+            header = orjson.dumps(body)
+            return Reply(header + b"".join(chunks), "application/octet-stream",
+                         {"Inference-Header-Content-Length": str(len(header))})
+
+        return encode
+
+    def _oip_names(self) -> list[str]:
+        return self.output_names + (list(_LABEL_TENSORS) if self.spec.labels else [])
+
+    def _oip_tensors(self, answer: Answer) -> list[tuple[str, np.ndarray]]:
+        tensors = []
+        for name in self.output_names:
+            value = answer.outputs[name]
+            if isinstance(value, list):  # cannot happen for one rectangular v2 request
+                raise RequestError(f"output {name!r} has rows of different lengths")
+            tensors.append((name, value))
+        if answer.predictions:
+            predictions = answer.predictions
+            tensors.append(("label", np.array([p["label"] for p in predictions], dtype=object)))
+            tensors.append(("probability", np.array([p["probability"] for p in predictions],
+                                                    dtype=np.float32)))
+            tensors.append(("probabilities", np.array(
+                [list(p["probabilities"].values()) for p in predictions], dtype=np.float32)))
+        return tensors
 
 
-def _batched(array: np.ndarray, what: str, contract: InputContract, *,
-             single_allowed: bool) -> np.ndarray:
-    if array.shape == contract.shape and single_allowed:
-        return array[np.newaxis]
-    if array.ndim == len(contract.shape) + 1 and array.shape[1:] == contract.shape and len(array):
-        return array
-    raise RequestError(f"{what} has shape {list(array.shape)}; {contract.describe()}")
+# ---- helpers ----
+
+def _json(body: dict) -> Reply:
+    # Bytes go out as they are; TorchServe would re-encode a dict with json and indent=2.
+    return Reply(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
-def _our_reply(outputs: np.ndarray, predictions: list[dict] | None) -> dict:
-    body: dict[str, Any] = {"outputs": outputs}
-    if predictions is not None:
-        body["predictions"] = predictions
+def _header(headers: dict[str, Any], name: str) -> str | None:
+    return next((str(v) for k, v in headers.items() if k.lower() == name and isinstance(v, str)),
+                None)
+
+
+def _json_body(body: Any) -> Any:
+    """The parsed body: from bytes, or as it is where TorchServe parsed it already."""
+    if isinstance(body, (bytes, bytearray, str)):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as err:
+            raise RequestError(f"request body is not valid JSON ({err}); send UTF-8 JSON "
+                               '(no NaN or Infinity) with {"inputs": ...}') from None
     return body
 
 
-def _kserve_v1_reply(outputs: np.ndarray, predictions: list[dict] | None) -> dict:
-    if predictions is None:
-        return {"predictions": outputs}
-    return {"predictions": [{**p, "outputs": o} for p, o in zip(predictions, outputs)]}
+def _part_value(name: str, value: Any, content_type: str) -> Any:
+    """A multipart part: JSON when it says so (or parses as JSON), text for text/*, else bytes."""
+    if not isinstance(value, (bytes, bytearray)):
+        return value
+    if content_type.startswith("application/json") or not content_type:
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            if content_type:
+                raise RequestError(f"part `{name}` says application/json but is not valid "
+                                   "JSON") from None
+    if content_type.startswith("text/"):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RequestError(f"part `{name}` is not UTF-8 text ({err})") from None
+    return bytes(value)
 
-
-# ---- Open Inference Protocol (KServe v2), JSON tensors ----
 
 def _is_oip(inputs: Any) -> bool:
     return isinstance(inputs, list) and bool(inputs) and all(
         isinstance(tensor, dict) and "datatype" in tensor for tensor in inputs)
 
 
-def _decode_oip(payload: dict, contract: InputContract, model: tuple[str, str]) -> Decoded:
-    tensors = payload["inputs"]
-    if len(tensors) != 1:
-        names = [t.get("name") for t in tensors]
-        raise RequestError(f"the request has {len(tensors)} input tensors {names}; this model "
-                           f"takes one (shape [N, {', '.join(map(str, contract.shape))}])")
-    array = _oip_tensor(tensors[0])
-    samples = _batched(array.astype(contract.parse_dtype, copy=False),
-                       f"input tensor {tensors[0].get('name')!r}", contract, single_allowed=True)
-    requested = _requested_outputs(payload.get("outputs"))
-    request_id = payload.get("id")
-    name, version = model
-
-    def reply(outputs: np.ndarray, predictions: list[dict] | None) -> dict:
-        body: dict[str, Any] = {"model_name": name, "model_version": version}
-        if request_id is not None:
-            body["id"] = request_id
-        tensors_out = _oip_outputs(outputs, predictions)
-        if requested is not None:
-            tensors_out = [t for t in tensors_out if t["name"] in requested]
-        body["outputs"] = tensors_out
-        return body
-
-    return Decoded(samples, reply)
-
-
-def _oip_tensor(tensor: dict) -> np.ndarray:
-    """An input tensor's data as an array of its declared shape and datatype."""
-    name = tensor.get("name")
-    datatype, shape, data = tensor.get("datatype"), tensor.get("shape"), tensor.get("data")
-    if not isinstance(name, str):
-        raise RequestError(f"an input tensor has no `name` (got {name!r}); every v2 input "
-                           'tensor needs "name", "shape", "datatype" and "data"')
-    if datatype not in _OIP_DTYPES:
-        raise RequestError(f"input tensor {name!r} has datatype {datatype!r}; this model "
-                           f"takes one of {', '.join(_OIP_DTYPES)}")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
-                                            and d >= 0 for d in shape)):
-        raise RequestError(f"input tensor {name!r} has shape {shape!r}; a shape is a list of "
-                           "non-negative integers, e.g. [1, 1, 8, 8]")
-    if data is None:
-        raise RequestError(f"input tensor {name!r} has no `data`; send its values as a (flat "
-                           "or nested) JSON list")
+def _split_binary(body: bytes, length: str) -> tuple[dict, bytes]:
+    """The JSON header and the binary tensors of a binary-extension request."""
     try:
-        flat = np.asarray(data, dtype=_OIP_DTYPES[datatype]).reshape(-1)
+        size = int(length)
+    except ValueError:
+        raise RequestError(f"Inference-Header-Content-Length {length!r} is not a number") from None
+    if not 0 < size <= len(body):
+        raise RequestError(f"Inference-Header-Content-Length {size} does not fit a body of "
+                           f"{len(body)} bytes")
+    try:
+        return orjson.loads(body[:size]), body[size:]
+    except orjson.JSONDecodeError as err:
+        raise RequestError(f"the first {size} bytes (Inference-Header-Content-Length) are not the "
+                           f"JSON header ({err})") from None
+
+
+def _oip_array(tensor: dict, name: str, shape: list[int], datatype: Any, declared: str,
+               binary: bytes, offset: int, size: int | None) -> np.ndarray:
+    if datatype not in _OIP_DTYPES:
+        raise RequestError(f"input tensor {name!r} has datatype {datatype!r}; use one of "
+                           f"{', '.join(_OIP_DTYPES)}")
+    dtype = np.dtype(_OIP_DTYPES[datatype])
+    if _kind(dtype) != _kind(np.dtype("float32" if declared == "bfloat16" else declared)):
+        raise RequestError(f"input tensor {name!r} is {datatype} but `{name}` takes {declared} "
+                           "values; send the datatype of its kind (FP32/FP16 for floats, INT64/"
+                           "INT32 for integers, BOOL)")
+    count = int(np.prod(shape, dtype=np.int64))
+    if size is not None:
+        if size != count * dtype.itemsize or offset + size > len(binary):
+            raise RequestError(f"input tensor {name!r}: binary_data_size {size} does not match its "
+                               f"shape {shape} of {datatype} ({count * dtype.itemsize} bytes)"
+                               + ("" if offset + size <= len(binary) else
+                                  f", and only {len(binary) - offset} bytes follow"))
+        return np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count,
+                             offset=offset).reshape(shape)
+    data = tensor.get("data")
+    if data is None:
+        raise RequestError(f"input tensor {name!r} has no `data`; send its values as a (flat or "
+                           "nested) JSON list, or binary with binary_data_size")
+    try:
+        flat = np.asarray(data, dtype=dtype).reshape(-1)
     except (TypeError, ValueError, OverflowError) as err:
-        raise RequestError(f"input tensor {name!r}: `data` is not a {datatype} array ({err})"
-                           ) from None
-    expected = int(np.prod(shape, dtype=np.int64))
-    if flat.size != expected:
-        raise RequestError(f"input tensor {name!r} has {flat.size} values but its shape "
-                           f"{shape} holds {expected}")
+        raise RequestError(f"input tensor {name!r}: `data` is not a {datatype} array ({err})") from None
+    if flat.size != count:
+        raise RequestError(f"input tensor {name!r} has {flat.size} values but its shape {shape} "
+                           f"holds {count}")
     return flat.reshape(shape)
 
 
-_OIP_OUTPUT_NAMES = (_OIP_OUTPUT, "label", "probability", "probabilities")
+def _kind(dtype: np.dtype) -> str:
+    return "float" if dtype.kind == "f" else "bool" if dtype.kind == "b" else "int"
 
 
-def _requested_outputs(outputs: Any) -> set[str] | None:
-    """The output names a v2 request asks for (None: all of them)."""
+def _bytes_items(data: bytes, name: str) -> list[bytes]:
+    """BYTES in the binary extension: each element a 4-byte little-endian length, then the bytes."""
+    items, offset = [], 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise RequestError(f"input tensor {name!r}: its binary BYTES end inside a length prefix")
+        (length,) = struct.unpack_from("<I", data, offset)
+        if offset + 4 + length > len(data):
+            raise RequestError(f"input tensor {name!r}: a BYTES element claims {length} bytes, "
+                               "more than its binary_data_size holds")
+        items.append(data[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    return items
+
+
+def _requested(outputs: Any, available: list[str]) -> dict[str, bool]:
+    """The output names a v2 request asks for, with whether each is wanted binary ({}: all)."""
     if outputs is None:
-        return None
+        return {}
     if not (isinstance(outputs, list) and all(isinstance(o, dict) and isinstance(o.get("name"), str)
                                               for o in outputs)):
         raise RequestError(f'`outputs` must be a list of {{"name": ...}} objects, got {outputs!r}')
-    requested = {o["name"] for o in outputs}
-    unknown = sorted(requested - set(_OIP_OUTPUT_NAMES))
+    unknown = sorted({o["name"] for o in outputs} - set(available))
     if unknown:
         raise RequestError(f"requested outputs {unknown} do not exist; this model answers "
-                           f"{', '.join(_OIP_OUTPUT_NAMES)} (label and probabilities only with "
-                           "labels)")
-    return requested
+                           f"{', '.join(available)}")
+    return {o["name"]: bool((o.get("parameters") or {}).get("binary_data")) for o in outputs}
 
 
-def _oip_outputs(outputs: np.ndarray, predictions: list[dict] | None) -> list[dict]:
-    """The model's output tensor and, with labels, each sample's label and probabilities."""
-    tensors = [_oip_output(_OIP_OUTPUT, outputs)]
-    if predictions:
-        tensors.append({"name": "label", "datatype": "BYTES", "shape": [len(predictions)],
-                        "data": [p["label"] for p in predictions]})
-        tensors.append(_oip_output("probability", np.array(
-            [p["probability"] for p in predictions], dtype=np.float32)))
-        tensors.append(_oip_output("probabilities", np.array(
-            [list(p["probabilities"].values()) for p in predictions], dtype=np.float32)))
-    return tensors
+def _oip_output(name: str, array: np.ndarray, chunks: list[bytes] | None) -> dict:
+    if array.dtype == object:
+        items = [v if isinstance(v, bytes) else str(v).encode() for v in array.reshape(-1)]
+        tensor = {"name": name, "datatype": "BYTES", "shape": list(array.shape)}
+        if chunks is None:
+            return {**tensor, "data": [v.decode() for v in items]}
+        data = b"".join(struct.pack("<I", len(v)) + v for v in items)
+    else:
+        datatype = next(k for k, v in _OIP_DTYPES.items() if np.dtype(v) == array.dtype)
+        tensor = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if chunks is None:
+            return {**tensor, "data": array.reshape(-1)}
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    chunks.append(data)
+    return {**tensor, "parameters": {"binary_data_size": len(data)}}
 
-
-def _oip_output(name: str, array: np.ndarray) -> dict:
-    datatype = next(k for k, v in _OIP_DTYPES.items() if np.dtype(v) == array.dtype)
-    return {"name": name, "datatype": datatype, "shape": list(array.shape),
-            "data": array.reshape(-1)}
-
-
-def _zeros(shape: list[int]) -> str:
-    """A short literal example of the input shape, for error messages."""
-    text = "0.0"
-    for size in reversed(shape):
-        text = "[" + ", ".join([text] * min(size, 2)) + (", ...]" if size > 2 else "]")
-    return text

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,15 +22,16 @@ from torch import Tensor, nn
 from handlers.device import input_dtype
 from handlers.errors import IntegrityError
 from handlers.hashing import sha256_file
-from handlers.spec import ModelSpec
+from handlers.spec import InputSpec, ModelSpec
 
-__all__ = ["SPEC_FILE", "MODEL_CONFIG_FILE", "BUILD_RECORD_FILE", "GOLDEN_FILE", "BuildRecord",
-           "WeightsEntry", "GoldenRecord", "GoldenComparison", "example_input"]
+__all__ = ["FILES_DIR", "SPEC_FILE", "MODEL_CONFIG_FILE", "BUILD_RECORD_FILE", "GOLDEN_FILE", "BuildRecord",
+           "WeightsEntry", "GoldenRecord", "GoldenComparison", "golden_inputs", "pad_stack"]
 
 SPEC_FILE = "spec.yaml"
 MODEL_CONFIG_FILE = "model-config.yaml"
 BUILD_RECORD_FILE = "build-info.json"
 GOLDEN_FILE = "golden.pt"
+FILES_DIR = "files"  # the spec's `files` and tokenizer, under their relative paths
 
 
 def _check_format(found: Any, supported: int, where: str) -> None:
@@ -100,22 +102,31 @@ class BuildRecord:
 
 # ---- golden.pt ----
 
+Tensors = dict[str, Tensor]
+
+
 @dataclass(frozen=True)
 class GoldenComparison:
-    max_error: float  # largest absolute difference; inf when the shapes differ
+    max_error: float  # largest absolute difference over every output; inf when a shape differs
     within: bool  # within the record's tolerance
+    errors: dict[str, float] = field(default_factory=dict)  # per output
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {error:.3g}" for name, error in self.errors.items())
 
 
 @dataclass(frozen=True)
 class GoldenRecord:
-    FORMAT: ClassVar[int] = 1
+    """Inputs and the outputs the model gave at build, in cases: one batch per length of the
+    dynamic dimensions, and for a model with an attention mask one batch of mixed lengths padded
+    as the handler pads them."""
+    FORMAT: ClassVar[int] = 2
     # (rtol, atol) by precision: fp32 allows for another device or thread count; fp16/bf16 for
     # their 11- and 8-bit mantissas.
     TOLERANCES: ClassVar[dict[str, tuple[float, float]]] = {
         "fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
 
-    inputs: Tensor
-    outputs: Tensor
+    cases: list[tuple[Tensors, Tensors]]  # (inputs, outputs) per case
     rtol: float
     atol: float
 
@@ -125,62 +136,127 @@ class GoldenRecord:
         return cls.TOLERANCES[precision]
 
     @classmethod
-    def record(cls, model: nn.Module, inputs: Tensor, precision: str) -> "GoldenRecord":
-        """Run `inputs` through the eval-mode `model` and keep what it gave."""
-        with torch.inference_mode():
-            outputs = model(inputs)
+    def record(cls, model_io: Callable[[Tensors], Tensors], inputs: list[Tensors],
+               precision: str) -> "GoldenRecord":
+        """Run each case's inputs through the eval-mode model and keep what it gave."""
         rtol, atol = cls.tolerance(precision)
-        return cls(inputs, outputs.clone(), rtol, atol)
+        return cls([(case, {k: v.clone() for k, v in model_io(case).items()}) for case in inputs],
+                   rtol, atol)
+
+    @property
+    def largest_inputs(self) -> Tensors:
+        """The inputs of the case with the most elements: the warm-up that matters."""
+        return max((inputs for inputs, _ in self.cases),
+                   key=lambda case: sum(t.numel() for t in case.values()))
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        torch.save({"format": self.FORMAT, "inputs": self.inputs, "outputs": self.outputs,
-                    "rtol": self.rtol, "atol": self.atol}, buffer)
+        torch.save({"format": self.FORMAT, "rtol": self.rtol, "atol": self.atol,
+                    "cases": [{"inputs": i, "outputs": o} for i, o in self.cases]}, buffer)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = GOLDEN_FILE) -> "GoldenRecord":
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         _check_format(saved.get("format", 1), cls.FORMAT, where)
-        return cls(saved["inputs"], saved["outputs"], float(saved["rtol"]), float(saved["atol"]))
+        if "cases" not in saved:  # format 1: one tensor in, one tensor out
+            cases = [({"input": saved["inputs"]}, {"output": saved["outputs"]})]
+        else:
+            cases = [(case["inputs"], case["outputs"]) for case in saved["cases"]]
+        return cls(cases, float(saved["rtol"]), float(saved["atol"]))
 
     @classmethod
     def read(cls, model_dir: Path) -> "GoldenRecord":
         return cls.from_bytes((model_dir / GOLDEN_FILE).read_bytes(), str(model_dir / GOLDEN_FILE))
 
-    def compare(self, outputs: Tensor) -> GoldenComparison:
-        """How far `outputs` are from the recorded ones, and whether that is within tolerance."""
-        outputs, expected = outputs.float().cpu(), self.outputs.float()
-        if outputs.shape != expected.shape:
-            return GoldenComparison(float("inf"), False)
-        error = float((outputs - expected).abs().max())
-        return GoldenComparison(error, bool(torch.allclose(outputs, expected, rtol=self.rtol,
-                                                           atol=self.atol)))
+    def compare(self, outputs: list[Tensors]) -> GoldenComparison:
+        """How far `outputs` (one mapping per case) are from the recorded ones."""
+        errors, within = {}, True
+        for got, (_, expected) in zip(outputs, self.cases):
+            for name, want in expected.items():
+                have = got.get(name)
+                if have is None or have.shape != want.shape:
+                    errors[name], within = float("inf"), False
+                    continue
+                have, want = have.float().cpu(), want.float()
+                error = float((have - want).abs().max()) if want.numel() else 0.0
+                errors[name] = max(errors.get(name, 0.0), error)
+                within &= bool(torch.allclose(have, want, rtol=self.rtol, atol=self.atol))
+        return GoldenComparison(max(errors.values(), default=0.0), within, errors)
 
-    def run(self, model: nn.Module, device: torch.device) -> GoldenComparison:
-        """Run the recorded inputs through `model` on `device` and compare."""
-        with torch.inference_mode():
-            return self.compare(model(self.inputs.to(device)))
+    def run(self, model_io: Callable[[Tensors], Tensors], device: torch.device) -> GoldenComparison:
+        """Run the recorded inputs through the model on `device` and compare."""
+        return self.compare([model_io({k: v.to(device) for k, v in inputs.items()})
+                             for inputs, _ in self.cases])
 
-    def check(self, model: nn.Module, device: torch.device, where: Path) -> float:
+    def check(self, model_io: Callable[[Tensors], Tensors], device: torch.device,
+              where: Path) -> float:
         """The golden check; returns the max abs error, raises IntegrityError beyond tolerance."""
-        result = self.run(model, device)
+        result = self.run(model_io, device)
         if not result.within:
             raise IntegrityError(
                 f"golden check failed in {where}: outputs differ from those recorded at build by up "
-                f"to {result.max_error:.3g}, beyond the tolerance for this precision. The "
-                "definition, weights or torch version changed how the model computes; rebuild and "
-                "compare with `mar verify`.")
+                f"to {result.max_error:.3g} ({result.describe()}), beyond the tolerance for this "
+                "precision. The definition, weights or torch version changed how the model "
+                "computes; rebuild and compare with `mar verify`.")
         return result.max_error
 
 
-def example_input(spec: ModelSpec, batch_size: int, *, device: torch.device) -> Tensor:
-    """A seeded input batch of the spec's shape and dtype: the golden inputs."""
+def golden_inputs(spec: ModelSpec) -> list[Tensors]:
+    """Seeded input batches of the spec's largest batch size: one per length of the dynamic
+    dimensions (1, about half the bound, the bound), plus, for a model with an attention mask,
+    one of mixed lengths padded the way the handler pads them."""
     generator = torch.Generator().manual_seed(0)
-    shape = (batch_size, *spec.input.shape)
-    dtype = input_dtype(spec)
+    batch = spec.serving.batch_size
+    dynamic = any(i.dynamic for i in spec.inputs)
+    fractions = (0.0, 0.5, 1.0) if dynamic else (1.0,)
+    cases = []
+    for fraction in fractions:
+        lengths = [[_length(bound, fraction) for bound in i.max] for i in spec.inputs]
+        if not cases or lengths != cases[-1][0]:
+            cases.append((lengths, [_random(spec, i, _shape(i, lens), batch, generator)
+                                    for i, lens in zip(spec.inputs, lengths)]))
+    batches = [dict(zip((i.name for i in spec.inputs), tensors)) for _, tensors in cases]
+    if spec.io.attention_mask:
+        batches.append(_mixed_lengths(spec, batch, generator))
+    return batches
+
+
+def _length(bound: int, fraction: float) -> int:
+    return max(1, round(bound * fraction))
+
+
+def _shape(model_input: InputSpec, lengths: list[int]) -> tuple[int, ...]:
+    sizes = iter(lengths)
+    return tuple(next(sizes) if size is None else size for size in model_input.shape)
+
+
+def _random(spec: ModelSpec, model_input: InputSpec, shape: tuple[int, ...], batch: int,
+            generator: torch.Generator) -> Tensor:
+    dtype = input_dtype(spec, model_input)
+    if model_input.name == spec.io.attention_mask:
+        return torch.ones((batch, *shape), dtype=dtype)
     if dtype.is_floating_point:
-        sample = torch.rand(shape, generator=generator, dtype=torch.float32).to(dtype)
-    else:
-        sample = torch.randint(0, 2, shape, generator=generator, dtype=dtype)
-    return sample.to(device)
+        return torch.rand((batch, *shape), generator=generator, dtype=torch.float32).to(dtype)
+    return torch.randint(0, 2, (batch, *shape), generator=generator).to(dtype)
+
+
+def _mixed_lengths(spec: ModelSpec, batch: int, generator: torch.Generator) -> Tensors:
+    """Samples of lengths spread from 1 to the bound, padded to the bound; the mask marks them."""
+    samples = []
+    for index in range(batch):
+        fraction = (index + 1) / batch
+        samples.append({i.name: _random(spec, i, _shape(i, [_length(b, fraction) for b in i.max]),
+                                        1, generator)[0] for i in spec.inputs})
+    return {i.name: pad_stack([s[i.name] for s in samples], i.max_shape,
+                              0 if i.name == spec.io.attention_mask else i.pad)
+            for i in spec.inputs}
+
+
+def pad_stack(samples: list[Tensor], shape: tuple[int, ...], value: float) -> Tensor:
+    """Samples of one input stacked into a batch of `shape`, each padded at the end of every
+    dimension with `value`."""
+    out = torch.full((len(samples), *shape), value, dtype=samples[0].dtype)
+    for row, sample in zip(out, samples):
+        row[tuple(slice(0, size) for size in sample.shape)] = sample
+    return out

@@ -12,7 +12,9 @@ Example (`model_defs/specs/digits_cnn.yaml`)::
     params: {channels: 16}      # keyword arguments for the architecture's constructor
     weights: ../../artifacts/digits_cnn.pt   # relative to this file, or to the repo root
     input: {shape: [1, 8, 8], dtype: float32} # one sample, without the batch dimension
-    labels: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+    labels: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]   # inputs/outputs: handlers/io_spec.py
+    files: [vocab.txt]          # optional: more files the model needs, packaged and hashed
+    processor: my_processor     # optional: pre/post-processing registered in model_defs
     serving: {batch_size: 8, max_batch_delay_ms: 5, min_workers: 1, max_workers: 1,
               response_timeout_s: 120, device: auto, precision: fp32}
     checkpoint: {key: model_state, strip_prefix: model., allow_missing: [], ignore_unexpected: []}   # optional
@@ -28,10 +30,13 @@ from typing import Any
 import yaml
 
 from handlers.errors import SpecError
+from handlers.io_spec import DTYPES, IO_KEYS, InputSpec, IOSpec, OutputSpec, io_to_dict, parse_io
 
 __all__ = [
     "SpecError",
     "InputSpec",
+    "OutputSpec",
+    "IOSpec",
     "ServingSpec",
     "CheckpointSpec",
     "ModelSpec",
@@ -44,16 +49,9 @@ __all__ = [
     "PRECISIONS",
 ]
 
-DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32")
 DEVICES = ("auto", "cpu", "gpu")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accepts
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    shape: tuple[int, ...]  # one sample, without the batch dimension
-    dtype: str = "float32"  # one of DTYPES
 
 
 @dataclass(frozen=True)
@@ -135,12 +133,32 @@ class ModelSpec:
     version: str
     arch: str
     weights: str  # as written in the file; resolve with ModelSpec.weights_path()
-    input: InputSpec
+    io: IOSpec  # inputs, outputs, mask, tokenizer, labels (handlers/io_spec.py)
     params: dict[str, Any] = field(default_factory=dict)
-    labels: tuple[str, ...] | None = None
     serving: ServingSpec = field(default_factory=ServingSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    files: tuple[str, ...] = ()  # more files the model needs, relative to the spec; packaged
+    processor: str | None = None  # pre/post-processing registered in model_defs (register_processor)
     source: Path | None = None  # the file this spec was read from
+
+    @property
+    def inputs(self) -> tuple[InputSpec, ...]:
+        return self.io.inputs
+
+    @property
+    def outputs(self) -> tuple[OutputSpec, ...]:
+        return self.io.outputs
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        return self.io.labels
+
+    @property
+    def input(self) -> InputSpec:
+        """The one input of a one-input model."""
+        if len(self.io.inputs) != 1:
+            raise SpecError(f"{self.source}: this model has {len(self.io.inputs)} inputs; name one")
+        return self.io.inputs[0]
 
     def weights_path(self, repo_root: Path | None = None) -> Path:
         """Return the weights file: relative to the spec's folder first, then to `repo_root`.
@@ -165,9 +183,8 @@ class ModelSpec:
         )
 
 
-_REQUIRED = ("name", "version", "arch", "weights", "input")
-_OPTIONAL = ("params", "labels", "serving", "checkpoint")
-_INPUT_KEYS = ("shape", "dtype")
+_REQUIRED = ("name", "version", "arch", "weights")
+_OPTIONAL = ("params", "serving", "checkpoint", "files", "processor", *IO_KEYS)
 _SERVING_KEYS = tuple(f.name for f in fields(ServingSpec))
 _CHECKPOINT_KEYS = tuple(f.name for f in fields(CheckpointSpec))
 
@@ -198,16 +215,17 @@ def parse_spec(raw: Any, *, source: Path | None = None) -> ModelSpec:
     arch = _check_string(raw, "arch", problems)
     weights = _check_string(raw, "weights", problems)
     params = _check_params(raw.get("params", {}), problems)
-    input_spec = _check_input(raw.get("input"), problems)
-    labels = _check_labels(raw.get("labels"), problems)
+    io = parse_io(raw, problems)
     serving = _check_serving(raw.get("serving", {}), problems)
     checkpoint = _check_checkpoint(raw.get("checkpoint", {}), problems)
+    files = _check_files(raw.get("files", []), problems)
+    processor = _check_string(raw, "processor", problems) or None
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
         raise SpecError(f"{where}: invalid spec\n{listing}\n"
                         "See README.md, section 'The spec', for every key with an example.")
-    return ModelSpec(name=name, version=version, arch=arch, weights=weights, input=input_spec,
-                     params=params, labels=labels, serving=serving, checkpoint=checkpoint,
+    return ModelSpec(name=name, version=version, arch=arch, weights=weights, io=io, params=params,
+                     serving=serving, checkpoint=checkpoint, files=files, processor=processor,
                      source=source)
 
 
@@ -219,13 +237,15 @@ def spec_to_dict(spec: ModelSpec, *, weights: str | None = None) -> dict[str, An
         "arch": spec.arch,
         "params": dict(spec.params),
         "weights": weights if weights is not None else spec.weights,
-        "input": {"shape": list(spec.input.shape), "dtype": spec.input.dtype},
+        **io_to_dict(spec.io),
         "serving": {f.name: _plain(getattr(spec.serving, f.name)) for f in fields(ServingSpec)},
         "checkpoint": {f.name: _plain(getattr(spec.checkpoint, f.name))
                        for f in fields(CheckpointSpec)},
     }
-    if spec.labels is not None:
-        data["labels"] = list(spec.labels)
+    if spec.files:
+        data["files"] = list(spec.files)
+    if spec.processor:
+        data["processor"] = spec.processor
     return data
 
 
@@ -279,33 +299,13 @@ def _check_params(value: Any, problems: list[str]) -> dict[str, Any]:
     return dict(value)
 
 
-def _check_input(value: Any, problems: list[str]) -> InputSpec:
-    fallback = InputSpec(shape=())
-    if value is None:
-        return fallback
-    if not isinstance(value, dict):
-        problems.append(f"`input` must be a mapping with `shape` and `dtype`, got {value!r}")
-        return fallback
-    _check_keys(value, ("shape",), ("dtype",), "input.", problems)
-    shape = value.get("shape")
-    valid_shape = (isinstance(shape, list) and shape
-                   and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
-    if shape is not None and not valid_shape:
-        problems.append(f"`input.shape` {shape!r} must be a list of positive integers without the "
-                        "batch dimension, e.g. [1, 8, 8]")
-    dtype = value.get("dtype", "float32")
-    if dtype not in DTYPES:
-        problems.append(f"`input.dtype` {dtype!r} is not one of {', '.join(DTYPES)}")
-    return InputSpec(shape=tuple(shape) if valid_shape else (), dtype=str(dtype))
-
-
-def _check_labels(value: Any, problems: list[str]) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        problems.append(f"`labels` must be a non-empty list of class names, got {value!r}")
-        return None
-    return tuple(str(label) for label in value)
+def _check_files(value: Any, problems: list[str]) -> tuple[str, ...]:
+    if not (isinstance(value, list) and all(isinstance(f, str) and f and not f.startswith("/")
+                                            and ".." not in Path(f).parts for f in value)):
+        problems.append(f"`files` must be a list of paths relative to the spec's folder, e.g. "
+                        f"[vocab.txt], got {value!r}")
+        return ()
+    return tuple(value)
 
 
 def _optional_section(value: Any, name: str, allowed: tuple[str, ...],

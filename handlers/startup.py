@@ -18,6 +18,7 @@ from torch import nn
 
 from handlers.construction import build_model
 from handlers.device import apply_process_settings, prepare_model, select_device
+from handlers.model_io import ModelIO
 from handlers.records import SPEC_FILE, BuildRecord, GoldenRecord
 from handlers.spec import ModelSpec, load_spec
 from handlers.worker_report import WorkerReport
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 class ArchiveModel:
     spec: ModelSpec
     model: nn.Module
+    model_io: ModelIO  # the model called with named inputs, its outputs named
     device: torch.device
     golden_max_error: float
     weights_bytes: int
@@ -51,9 +53,10 @@ def load_archive_model(model_dir: Path, *, gpu_id: int | str | None = None,
     model = prepare_model(loaded.model, spec)
     golden = GoldenRecord.read(model_dir)
     if spec.serving.compile:
-        model = _compiled_or_eager(model, golden, device)
-    error = golden.check(model, device, model_dir)  # also the warm-up, at the largest batch
-    return ArchiveModel(spec, model, device, error, record.weights.bytes)
+        model = _compiled_or_eager(spec, model, golden, device)
+    model_io = ModelIO(spec, model)
+    error = golden.check(model_io, device, model_dir)  # also the warm-up, at the largest batch
+    return ArchiveModel(spec, model, model_io, device, error, record.weights.bytes)
 
 
 def worker_report(loaded: ArchiveModel, *, resident_before: int, started: float) -> WorkerReport:
@@ -77,11 +80,12 @@ def _serving_device(spec: ModelSpec, gpu_id: int | str | None) -> torch.device:
     return device
 
 
-def _compiled_or_eager(model: nn.Module, golden: GoldenRecord, device: torch.device) -> nn.Module:
-    """torch.compile, exercised once on the golden batch; the eager model if that fails."""
+def _compiled_or_eager(spec: ModelSpec, model: nn.Module, golden: GoldenRecord,
+                       device: torch.device) -> nn.Module:
+    """torch.compile, exercised once on the golden batches; the eager model if that fails."""
     try:
         compiled = torch.compile(model)
-        golden.run(compiled, device)
+        golden.run(ModelIO(spec, compiled), device)
         logger.info("serving the torch.compile'd model")
         return compiled
     except Exception as err:  # noqa: BLE001 - any compiler failure means: serve eagerly

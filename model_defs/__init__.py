@@ -6,9 +6,11 @@ Inside an archive only the modules a model needs are present, so only those are 
 import importlib
 import pkgutil
 
-from model_defs.registry import create_model, definition_files, get_entry, list_models, register_model
+from model_defs.registry import (create_model, create_processor, definition_files, get_entry,
+                                 list_models, register_model, register_processor)
 
-__all__ = ["create_model", "definition_files", "get_entry", "list_models", "register_model"]
+__all__ = ["create_model", "create_processor", "definition_files", "get_entry", "list_models",
+           "register_model", "register_processor"]
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

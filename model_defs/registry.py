@@ -22,10 +22,11 @@ from torch import nn
 from handlers.errors import ArchitectureError
 
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry",
-           "definition_files"]
+           "register_processor", "create_processor", "definition_files"]
 
 _PACKAGE = __name__.rsplit(".", 1)[0]  # "model_defs"
 _REGISTRY: dict[str, "ModelEntry"] = {}
+_PROCESSORS: dict[str, type] = {}
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,50 @@ def create_model(name: str, **params: Any) -> nn.Module:
     return factory(**params)
 
 
-def definition_files(name: str) -> list[Path]:
-    """The files of this package that architecture `name` needs, sorted: the package's
-    __init__.py, this registry, the module defining it, and every package module it imports."""
+def register_processor(name: str):
+    """Decorator: register pre/post-processing a spec cannot declare, under `name` (the spec's
+    `processor: name`). The class is built with the folder of the spec's `files` and may define
+
+        decode(self, sent) -> dict       what a request sent under `inputs` (or one v1 instance, or
+                                         its multipart parts) -> the model's inputs by name
+        encode(self, outputs: dict) -> dict   a request's outputs by name (arrays) -> the
+                                         `outputs` of a JSON reply (ours and KServe v1)
+    """
+
+    def decorate(cls):
+        if name in _PROCESSORS and _PROCESSORS[name] is not cls:
+            raise ValueError(f"processor name {name!r} is registered twice")
+        _PROCESSORS[name] = cls
+        return cls
+
+    return decorate
+
+
+def create_processor(name: str, files_dir: Path):
+    """The processor registered as `name`, built for the archive's files. Raises
+    ArchitectureError naming the registered ones."""
+    try:
+        cls = _PROCESSORS[name]
+    except KeyError:
+        raise ArchitectureError(f"unknown processor {name!r}; registered: "
+                                f"{', '.join(sorted(_PROCESSORS)) or 'none'}. Register it with "
+                                f"@register_processor({name!r}) in a module under {_PACKAGE}/."
+                                ) from None
+    return cls(files_dir)
+
+
+def definition_files(name: str, processor: str | None = None) -> list[Path]:
+    """The files of this package that architecture `name` (and `processor`) need, sorted: the
+    package's __init__.py, this registry, the modules defining them, and every package module they
+    import."""
     package_dir = Path(__file__).resolve().parent
     needed = {package_dir / "__init__.py", Path(__file__).resolve()}
     pending = [get_entry(name).module_file]
+    if processor is not None:
+        create = _PROCESSORS.get(processor)
+        if create is None:
+            create_processor(processor, package_dir)  # raises, naming the registered ones
+        pending.append(Path(inspect.getfile(create)).resolve())
     while pending:
         path = pending.pop()
         if path in needed:

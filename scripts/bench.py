@@ -47,7 +47,7 @@ ASSETS = Path(__file__).resolve().parent / "bench_assets"
 WORKER_REPORT = REPO_ROOT / "handlers" / "worker_report.py"
 
 
-PARTS = ("build", "cold-start", "throughput")
+PARTS = ("build", "cold-start", "throughput", "protocols")
 
 
 def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
@@ -75,6 +75,10 @@ def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
                 results["throughput"] = _bench_throughput(config, root, throughput_s, concurrency,
                                                           repeats)
                 _print_throughput(results)
+            if "protocols" in parts and throughput_s > 0:
+                results["protocols"] = _bench_protocols(config, root, throughput_s, concurrency,
+                                                        repeats)
+                _print_protocols(results)
         finally:
             stop_server(config, env=env)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -320,6 +324,96 @@ def _demo_serving() -> dict:
     return {key: serving[key] for key in ("batch_size", "max_batch_delay_ms")}
 
 
+# ---- protocols: the same tensors as JSON or binary ----
+
+PROTOCOL_WIDTH = 8192  # floats in each request and each response
+
+
+def _bench_protocols(config: ServerConfig, root: Path, seconds: float, concurrency: list[int],
+                     rounds: int) -> dict:
+    """One worker serving a cheap 8,192 -> 8,192 float model (so the protocol, not the model, is
+    what costs), driven with the same Open Inference Protocol request as JSON tensors and as binary
+    tensors (answers binary too), interleaved round by round."""
+    if shutil.which("wrk") is None:
+        raise MarError("the protocols benchmark drives the server with wrk (ApacheBench misreads "
+                       "the binary responses' Inference-Header-Content-Length as Content-Length): "
+                       "`sudo apt-get install wrk`, or leave out --parts protocols.")
+    folder = root / "protocols"
+    folder.mkdir()
+    params = {"in_features": PROTOCOL_WIDTH, "hidden_sizes": [16], "out_features": PROTOCOL_WIDTH}
+    from model_defs import create_model
+
+    torch.manual_seed(0)
+    torch.save(create_model("mlp", **params).state_dict(), folder / "weights.pt")
+    serving = _demo_serving()
+    spec = {"name": "oip_bench", "version": "1.0", "arch": "mlp", "params": params,
+            "weights": "weights.pt", "inputs": [{"name": "x", "shape": [PROTOCOL_WIDTH]}],
+            "outputs": ["y"], "serving": {**serving, "response_timeout_s": 600}}
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    archive = build_archive(folder / "spec.yaml", export_path=config.model_store).archive
+    values = torch.rand(PROTOCOL_WIDTH, generator=torch.Generator().manual_seed(1))
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1, PROTOCOL_WIDTH]}
+    (folder / "json.json").write_text(json.dumps({"inputs": [{**tensor, "data": values.tolist()}]}))
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": 4 * PROTOCOL_WIDTH}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    (folder / "binary.bin").write_bytes(header + values.numpy().astype("<f4").tobytes())
+    variants = {
+        "JSON tensors": dict(body=folder / "json.json"),
+        "binary tensors": dict(body=folder / "binary.bin", content_type="application/octet-stream",
+                               headers={"Inference-Header-Content-Length": str(len(header))}),
+    }
+    client = TorchServeClient(config)
+    client.register(archive.name, initial_workers=1)
+    runs: dict = {str(level): {label: [] for label in variants} for level in concurrency}
+    path = "/v2/models/oip_bench/infer"
+    try:
+        for variant in variants.values():
+            wrk_run(config, path, level=max(concurrency), seconds=min(seconds, 3), **variant)
+        for _ in range(rounds):
+            for level in concurrency:
+                for label, variant in variants.items():
+                    runs[str(level)][label].append(wrk_run(config, path, level=level,
+                                                           seconds=seconds, **variant))
+    finally:
+        client.unregister("oip_bench")
+    return {level: {label: _median_run(rows) for label, rows in variants_.items()}
+            for level, variants_ in runs.items()}
+
+
+_WRK_SCRIPT = """
+wrk.method = "POST"
+local file = io.open(os.getenv("MAR_BENCH_BODY"), "rb")
+wrk.body = file:read("*all")
+file:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("MAR_WRK %d %d %d %.1f %.1f\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def wrk_run(config: ServerConfig, path: str, *, body: Path, level: int, seconds: float,
+            content_type: str = "application/json", headers: dict[str, str] | None = None) -> dict:
+    """wrk (keep-alive, one thread per core) POSTing one body file; the same figures as ab_run."""
+    script = body.with_suffix(".lua")
+    script.write_text(_WRK_SCRIPT)
+    extra = {"Content-Type": content_type, "Authorization": f"Bearer {config.key('inference')}",
+             **(headers or {})}
+    command = ["wrk", "-t", str(min(level, os.cpu_count() or 1)), "-c", str(level),
+               "-d", f"{max(1, round(seconds))}s", "-s", str(script),
+               *[arg for key, value in extra.items() for arg in ("-H", f"{key}: {value}")],
+               config.inference_url + path]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120,
+                            env={**os.environ, "MAR_BENCH_BODY": str(body)}).stdout
+    found = re.search(r"MAR_WRK (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", output)
+    if found is None:
+        raise MarError(f"bench: wrk produced no result:\n{output[-2000:]}")
+    requests, micros, failed, p50_us, p99_us = found.groups()
+    return {"requests_per_s": int(requests) / (int(micros) / 1e6), "p50_ms": float(p50_us) / 1000,
+            "p99_ms": float(p99_us) / 1000, "completed": int(requests), "failed": int(failed)}
+
+
 def ab_run(config: ServerConfig, name: str, body: Path, level: int, seconds: float) -> dict:
     """ApacheBench, as TorchServe's own benchmark drives it (-k keep-alive, POST JSON)."""
     # -l: response lengths vary (floats), which ab would otherwise count as failures
@@ -382,3 +476,15 @@ def _print_throughput(results: dict) -> None:
             print(f"  c={level:<4} {name:<18} {row['requests_per_s']:8.0f} req/s  "
                   f"p50 {row['p50_ms']:5.0f} ms  p99 {row['p99_ms']:5.0f} ms  "
                   f"{row['requests_per_s'] / ceiling:5.2f}x ceiling  failed {row['failed']}")
+
+
+def _print_protocols(results: dict) -> None:
+    serving = results.get("throughput_serving") or _demo_serving()
+    print(f"\nprotocols, {PROTOCOL_WIDTH} floats in and out per request, Open Inference Protocol, "
+          f"batch {serving['batch_size']}, delay {serving['max_batch_delay_ms']} ms, 1 worker (ab -k)")
+    for level, variants in results["protocols"].items():
+        json_rate = variants["JSON tensors"]["requests_per_s"]
+        for name, row in variants.items():
+            print(f"  c={level:<4} {name:<16} {row['requests_per_s']:8.0f} req/s  "
+                  f"p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  "
+                  f"{row['requests_per_s'] / json_rate:5.2f}x JSON  failed {row['failed']}")

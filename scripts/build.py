@@ -18,8 +18,9 @@ import yaml
 from handlers.construction import LoadedModel, build_model
 from handlers.errors import MarError
 from handlers.hashing import blake3_file, sha256_bytes, sha256_file
-from handlers.records import (BUILD_RECORD_FILE, GOLDEN_FILE, MODEL_CONFIG_FILE, SPEC_FILE,
-                              BuildRecord, GoldenRecord, WeightsEntry, example_input)
+from handlers.model_io import ModelIO
+from handlers.records import (BUILD_RECORD_FILE, FILES_DIR, GOLDEN_FILE, MODEL_CONFIG_FILE, SPEC_FILE,
+                              BuildRecord, GoldenRecord, WeightsEntry, golden_inputs)
 from handlers.spec import ModelSpec, load_spec, spec_to_dict
 from model_defs import definition_files
 from scripts.archive import MANIFEST_NAME, Member, archive_path, manifest_json, write_archive
@@ -39,7 +40,7 @@ class BuildResult:
     weights: Path
     weights_sha256: str
     parameters: int
-    output_shape: tuple[int, ...]
+    golden: GoldenRecord
     checkpoint_notes: list[str]
     let_through_missing: tuple[str, ...]
     ignored_unexpected: tuple[str, ...]
@@ -70,26 +71,28 @@ def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: st
         archive=target, archive_sha256=sha256_file(target) if archive_format == "mar" else None,
         spec=spec, weights=weights_path, weights_sha256=weights_sha256.result(),
         parameters=sum(p.numel() for p in loaded.model.parameters()),
-        output_shape=tuple(golden.outputs.shape), checkpoint_notes=loaded.checkpoint_notes,
+        golden=golden, checkpoint_notes=loaded.checkpoint_notes,
         let_through_missing=loaded.plan.let_through_missing,
         ignored_unexpected=loaded.plan.ignored_unexpected)
 
 
 def validate(spec: ModelSpec, weights_path: Path) -> tuple[LoadedModel, GoldenRecord]:
-    """Load the weights exactly as a worker will, then record the golden batch (seeded, the spec's
-    largest batch) on the CPU. Raises MarError when the forward pass fails."""
+    """Load the weights exactly as a worker will, then record the golden batches (seeded, the
+    spec's largest batch, each length of the dynamic dimensions) on the CPU. Raises MarError when
+    the forward pass fails or returns what the spec's `outputs` do not name."""
     loaded = build_model(spec, weights_path, device=torch.device("cpu"))
-    inputs = example_input(spec, spec.serving.batch_size, device=torch.device("cpu"))
+    model_io = ModelIO(spec, loaded.model)
+    cases = golden_inputs(spec)
     try:
-        golden = GoldenRecord.record(loaded.model, inputs, spec.serving.precision)
+        return loaded, GoldenRecord.record(model_io, cases, spec.serving.precision)
+    except MarError:
+        raise
     except Exception as err:  # noqa: BLE001 - any failure here is the model's, reported whole
-        raise MarError(f"{spec.source}: forward pass on an input of shape {list(inputs.shape)} "
-                       f"({spec.input.dtype}) failed: {type(err).__name__}: {err}. Check "
-                       "`input.shape` (without the batch dimension) and `params`.") from None
-    if not isinstance(golden.outputs, torch.Tensor):
-        raise MarError(f"{spec.source}: the model returned {type(golden.outputs).__name__}; the "
-                       "handler serves models whose forward() returns one tensor.")
-    return loaded, golden
+        shapes = ", ".join(f"{name} {list(t.shape)} ({str(t.dtype).removeprefix('torch.')})"
+                           for name, t in cases[-1].items())
+        raise MarError(f"{spec.source}: forward pass on inputs {shapes} failed: "
+                       f"{type(err).__name__}: {err}. Check the inputs' `shape` (without the "
+                       "batch dimension) and `params`.") from None
 
 
 def _members(spec: ModelSpec, weights_path: Path, weights_sha256: Future, loaded: LoadedModel,
@@ -101,8 +104,10 @@ def _members(spec: ModelSpec, weights_path: Path, weights_sha256: Future, loaded
         if source != HANDLER_FILE:
             members[f"handlers/{source.name}"] = source
     package_dir = REPO_ROOT / "model_defs"
-    for source in definition_files(spec.arch):
+    for source in definition_files(spec.arch, spec.processor):
         members[f"model_defs/{source.relative_to(package_dir).as_posix()}"] = source
+    for relative, source in _spec_files(spec).items():
+        members[f"{FILES_DIR}/{relative}"] = source
     if weights_path.name in members or weights_path.name in (SPEC_FILE, MODEL_CONFIG_FILE,
                                                              BUILD_RECORD_FILE, GOLDEN_FILE):
         raise MarError(f"weights file name {weights_path.name!r} collides with a file the archive "
@@ -128,6 +133,20 @@ def _members(spec: ModelSpec, weights_path: Path, weights_sha256: Future, loaded
                 "batch_size": spec.serving.batch_size},
     ).to_bytes()
     return members
+
+
+def _spec_files(spec: ModelSpec) -> dict[str, Path]:
+    """The files the spec names (`files`, the tokenizer), relative to its folder. Raises MarError
+    for one that is not there."""
+    names = [*spec.files, *([spec.io.tokenizer.file] if spec.io.tokenizer else [])]
+    found = {}
+    for name in names:
+        path = spec.source.parent / name
+        if not path.is_file():
+            raise MarError(f"{spec.source}: {name!r} (in `files` or `tokenizer.file`) is not a file "
+                           f"at {path}. Put it beside the spec, or fix the path.")
+        found[Path(name).as_posix()] = path
+    return found
 
 
 def _sha256(source: Path | bytes) -> str:

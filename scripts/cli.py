@@ -98,8 +98,11 @@ def _print_build(result) -> None:
     if result.ignored_unexpected:
         print(f"  let through, unexpected (checkpoint.ignore_unexpected): "
               f"{', '.join(result.ignored_unexpected)}")
-    print(f"  golden check recorded: input [{spec.serving.batch_size}, "
-          f"{', '.join(map(str, spec.input.shape))}] -> output {list(result.output_shape)}")
+    inputs, outputs = max(result.golden.cases, key=lambda case: sum(
+        t.numel() for t in case[0].values()))
+    describe = lambda tensors: ", ".join(f"{n} {list(t.shape)}" for n, t in tensors.items())
+    print(f"  golden check recorded: {len(result.golden.cases)} case(s); the largest "
+          f"{describe(inputs)} -> {describe(outputs)}")
 
 
 def _add_verify(commands) -> None:
@@ -347,8 +350,8 @@ def _add_bench(commands) -> None:
     sub.add_argument("--throughput-seconds", type=float, default=20,
                      help="ab run length per concurrency; 0 skips the throughput part")
     sub.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
-    sub.add_argument("--parts", nargs="+", choices=["build", "cold-start", "throughput"],
-                     default=["build", "cold-start", "throughput"])
+    sub.add_argument("--parts", nargs="+", choices=["build", "cold-start", "throughput", "protocols"],
+                     default=["build", "cold-start", "throughput", "protocols"])
     sub.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
 
 

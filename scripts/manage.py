@@ -130,13 +130,21 @@ def _fail_registration(client: TorchServeClient, archive: Archive, response, log
 
 
 def _golden_through_server(client: TorchServeClient, archive: Archive) -> None:
-    """The archive's golden batch through /predictions/<name>/<version>, within its tolerance."""
+    """The archive's golden batches through /predictions/<name>/<version>, within tolerance."""
     golden = GoldenRecord.from_bytes(archive.read(GOLDEN_FILE))
-    body = json.dumps({"inputs": golden.inputs.float().tolist()}).encode()
-    response = client.predict(archive.name, body, version=archive.version, check=False)
-    if not response.ok:
-        raise MarError(f"the golden batch got HTTP {response.status}: {response.message}")
-    result = golden.compare(torch.tensor(response.json()["outputs"]))
+    served = []
+    for inputs, _ in golden.cases:
+        values = {name: tensor.float().tolist() if tensor.is_floating_point() else tensor.tolist()
+                  for name, tensor in inputs.items()}
+        body = json.dumps({"inputs": values if len(values) > 1 else next(iter(values.values()))})
+        response = client.predict(archive.name, body.encode(), version=archive.version, check=False)
+        if not response.ok:
+            raise MarError(f"the golden batch got HTTP {response.status}: {response.message}")
+        outputs = response.json()["outputs"]
+        names = [o.name for o in archive.spec.outputs]
+        outputs = outputs if isinstance(outputs, dict) else {names[0]: outputs}
+        served.append({name: torch.tensor(value) for name, value in outputs.items()})
+    result = golden.compare(served)
     if not result.within:
         raise MarError(f"the golden check through the server failed (max abs error "
-                       f"{result.max_error:.3g}).")
+                       f"{result.max_error:.3g}: {result.describe()}).")

@@ -60,3 +60,19 @@ def tamper_weights(archive: Path, out: Path, weights_name: str) -> Path:
                 data = buffer.getvalue()
             dst.writestr(item, data)
     return out
+
+
+def example_spec(folder: Path, name: str, **overrides) -> tuple[Path, torch.nn.Module]:
+    """A copy of model_defs/specs/<name>.yaml (and its tokenizer) in `folder`, with seeded random
+    weights beside it and top-level keys replaced by `overrides`; returns the spec and the model."""
+    from model_defs import create_model
+
+    data = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / f"{name}.yaml").read_text())
+    data.update(overrides, weights="weights.pt")
+    if "tokenizer" in data:
+        source = REPO_ROOT / "model_defs" / "specs" / data["tokenizer"]["file"]
+        (folder / data["tokenizer"]["file"]).write_bytes(source.read_bytes())
+    torch.manual_seed(0)
+    model = create_model(data["arch"], **data["params"]).eval()
+    save_weights(model, folder / "weights.pt")
+    return write_spec(folder, data, f"{name}.yaml"), model

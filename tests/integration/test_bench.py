@@ -15,7 +15,7 @@ def _bench(tmp_path, *extra):
 
 
 def test_build_cold_start_and_memory(tmp_path):
-    printed, results = _bench(tmp_path, "--throughput-seconds", "0")
+    printed, results = _bench(tmp_path, "--throughput-seconds", "0", "--parts", "build", "cold-start")
     assert set(results["build"]) == {"mar build", "torch-model-archiver (default)",
                                      "torch-model-archiver (zip-store)", "plain copy of the weights"}
     cold = results["cold_start"]
@@ -27,10 +27,16 @@ def test_build_cold_start_and_memory(tmp_path):
     assert "x floor" in printed and "x ours" in printed
 
 
-@pytest.mark.skipif(shutil.which("ab") is None, reason="ApacheBench (apache2-utils) not installed")
-def test_throughput(tmp_path):
-    printed, results = _bench(tmp_path, "--throughput-seconds", "1", "--concurrency", "4")
+@pytest.mark.skipif(shutil.which("ab") is None or shutil.which("wrk") is None,
+                    reason="ApacheBench (apache2-utils) or wrk not installed")
+def test_throughput_and_protocols(tmp_path):
+    printed, results = _bench(tmp_path, "--throughput-seconds", "1", "--concurrency", "4",
+                              "--parts", "throughput", "protocols")
     row = results["throughput"]["4"]
     assert set(row) == {"ours", "stock BaseHandler", "no-op ceiling"}
     assert all(variant["requests_per_s"] > 0 and variant["failed"] == 0 for variant in row.values())
     assert "x ceiling" in printed
+    protocols = results["protocols"]["4"]
+    assert set(protocols) == {"JSON tensors", "binary tensors"}
+    assert all(v["requests_per_s"] > 0 and v["failed"] == 0 for v in protocols.values())
+    assert "x JSON" in printed

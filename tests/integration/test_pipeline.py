@@ -132,6 +132,9 @@ def test_prometheus_metrics_carry_the_handlers_own_figures(torchserve, digits_sp
     torchserve.mar("build", digits_spec)
     torchserve.mar("register", torchserve.config.model_store / "digits_cnn-1.0.mar")
     client = TorchServeClient(torchserve.config)
+    scrape = lambda: _prometheus_samples(_metrics_text(torchserve), 'ModelName="digits_cnn"')
+    before = scrape()  # earlier tests on this server served digits_cnn too: count from here
+    grown = lambda now, name: now.get(name, 0) - before.get(name, 0)
     sent = 0
     try:
         assert _predict(client, [1.0])[0] == 400
@@ -139,19 +142,22 @@ def test_prometheus_metrics_carry_the_handlers_own_figures(torchserve, digits_sp
         while True:  # the worker hands its sums over at most once a second, on a batch
             assert _predict(client, torch.rand(2, 1, 8, 8).tolist())[0] == 200
             sent += 1
-            with urllib.request.urlopen(torchserve.config.metrics_url + "/metrics", timeout=10) as r:
-                text = r.read().decode()
-            samples = _prometheus_samples(text, 'ModelName="digits_cnn"')
-            if samples.get("MarRequests", 0) >= 6 or time.monotonic() > deadline:
+            now = scrape()
+            if grown(now, "MarRequests") >= 6 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     finally:
         torchserve.mar("unregister", "digits_cnn")
-    assert samples["MarRequests"] >= 6 and samples["MarRequestErrors"] >= 1
-    assert samples["MarRequests"] <= sent + 1 and samples["MarSamples"] >= 2 * (samples["MarRequests"] - 1)
-    assert samples["MarBatches"] >= 1
-    assert {"MarDecodeMs", "MarPredictMs", "MarEncodeMs", "MarBatchSize"} <= set(samples)
-    assert "ts_inference_requests_total" in text  # TorchServe's own, in the same scrape
+    assert 6 <= grown(now, "MarRequests") <= sent + 1 and grown(now, "MarRequestErrors") == 1
+    assert grown(now, "MarSamples") == 2 * (grown(now, "MarRequests") - 1)
+    assert grown(now, "MarBatches") >= 1
+    assert {"MarDecodeMs", "MarPredictMs", "MarEncodeMs", "MarBatchSize"} <= set(now)
+    assert "ts_inference_requests_total" in _metrics_text(torchserve)  # TorchServe's own too
+
+
+def _metrics_text(server) -> str:
+    with urllib.request.urlopen(server.config.metrics_url + "/metrics", timeout=10) as answer:
+        return answer.read().decode()
 
 
 def _prometheus_samples(text: str, label: str) -> dict[str, float]:

@@ -39,7 +39,8 @@ def test_golden_mismatch_fails_verification(digits_spec, tmp_path):
     _build(digits_spec, tmp_path, "--format", "folder")
     folder = tmp_path / "digits_cnn-1.0"
     golden = torch.load(folder / "golden.pt", weights_only=True)
-    golden["outputs"] = golden["outputs"] + 0.01  # as if the model now computed differently
+    outputs = golden["cases"][0]["outputs"]
+    outputs["output"] = outputs["output"] + 0.01  # as if the model now computed differently
     torch.save(golden, folder / "golden.pt")
     record = json.loads((folder / "build-info.json").read_text())
     record["files"]["golden.pt"] = hashlib.sha256((folder / "golden.pt").read_bytes()).hexdigest()

@@ -63,8 +63,8 @@ def test_forward_failure_is_reported_before_packaging(tmp_path, digits_model, ca
     spec = write_spec(tmp_path, digits_spec_data(weights="digits.pt", input={"shape": [3, 8, 8]}))
     assert main(["build", str(spec), "--export-path", str(tmp_path / "store")]) == 1
     stderr = capsys.readouterr().err
-    assert "forward pass on an input of shape [16, 3, 8, 8] (float32) failed" in stderr
-    assert "Check `input.shape`" in stderr
+    assert "forward pass on inputs input [16, 3, 8, 8] (float32) failed" in stderr
+    assert "Check the inputs' `shape`" in stderr
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
 
 

@@ -105,7 +105,8 @@ def test_requests_follow_the_model_precision(tmp_path, digits_model):
     context = Context("digits_cnn", str(folder), {}, 1, None, "0.12.0")
     context.request_processor = [RequestProcessor({})]
     handler.initialize(context)
-    batch = handler.batch([handler.decode_request({"body": {"inputs": np.zeros((2, 1, 8, 8)).tolist()}})])
+    (batch,) = handler.batch([handler.decode_request({"body": {"inputs": np.zeros((2, 1, 8, 8)).tolist()}})])
+    batch = batch.inputs["input"]
     assert batch.dtype == torch.bfloat16 and batch.device.type == "cpu"
     body = json.loads(handler.handle([{"body": {"inputs": [[[0.5] * 8] * 8]}}], context)[0])
     assert len(body["outputs"][0]) == 10

@@ -8,7 +8,7 @@ from handlers.checkpoint import read_checkpoint
 from handlers.construction import build_model
 from handlers.device import input_dtype, select_device
 from handlers.errors import WeightsError
-from handlers.records import example_input
+from handlers.records import golden_inputs
 from handlers.spec import load_spec
 from model_defs import create_model
 from tests.helpers import digits_spec_data, write_spec
@@ -19,7 +19,7 @@ CPU = torch.device("cpu")
 def test_loaded_model_matches_the_trained_one(digits_spec, digits_model):
     spec = load_spec(digits_spec)
     model = build_model(spec, spec.weights_path(), device=CPU).model
-    batch = example_input(spec, 4, device=CPU)
+    batch = golden_inputs(spec)[0]["input"][:4]
     assert not model.training
     with torch.inference_mode():
         assert torch.equal(model(batch), digits_model(batch))
@@ -120,7 +120,7 @@ def test_bf16_precision_casts_model_and_inputs(tmp_path, digits_model):
     model = build_model(spec, spec.weights_path(), device=CPU).model
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert input_dtype(spec) == torch.bfloat16
-    batch = example_input(spec, 2, device=CPU)
+    batch = golden_inputs(spec)[0]["input"][:2]
     with torch.inference_mode():
         reference = digits_model(batch.float())
         assert torch.allclose(model(batch).float(), reference, atol=0.1, rtol=0.05)

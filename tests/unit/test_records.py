@@ -51,11 +51,12 @@ def test_records_read_back_what_was_written(digits_spec, tmp_path):
     assert record.weights.file == "digits.pt" and record.model["arch"] == "digits_cnn"
     record.check_files(folder)
     golden = GoldenRecord.read(folder)
-    assert golden.inputs.shape == (16, 1, 8, 8) and (golden.rtol, golden.atol) == (1e-4, 1e-4)
-    assert golden.compare(golden.outputs).within
-    shifted = golden.compare(golden.outputs + 0.01)
+    ((inputs, outputs),) = golden.cases  # a fixed-shape model: one case
+    assert inputs["input"].shape == (16, 1, 8, 8) and (golden.rtol, golden.atol) == (1e-4, 1e-4)
+    assert golden.compare([outputs]).within
+    shifted = golden.compare([{"output": outputs["output"] + 0.01}])
     assert not shifted.within and shifted.max_error == pytest.approx(0.01, rel=1e-3)
-    assert golden.compare(golden.outputs[:2]).max_error == float("inf")
+    assert golden.compare([{"output": outputs["output"][:2]}]).max_error == float("inf")
 
 
 @pytest.mark.parametrize("record_file", ["build-info.json", "golden.pt"])
@@ -64,11 +65,12 @@ def test_a_newer_record_format_is_refused_by_name(digits_spec, tmp_path, record_
     path = folder / record_file
     if record_file == "build-info.json":
         path.write_text(json.dumps({**json.loads(path.read_text()), "format": 99}))
-        read = lambda: BuildRecord.read(folder)
+        read, supported = lambda: BuildRecord.read(folder), BuildRecord.FORMAT
     else:
         torch.save({**torch.load(path, weights_only=True), "format": 99}, path)
-        read = lambda: GoldenRecord.read(folder)
-    with pytest.raises(IntegrityError, match=r"has format 99; this handler reads format 1 or older"):
+        read, supported = lambda: GoldenRecord.read(folder), GoldenRecord.FORMAT
+    with pytest.raises(IntegrityError, match=f"has format 99; this handler reads format {supported} "
+                                             "or older"):
         read()
 
 
@@ -90,3 +92,14 @@ def test_build_prints_what_it_normalised(tmp_path, digits_model, capsys):
     printed = capsys.readouterr().out
     assert "normalised: took the state_dict under `state_dict` (ignored: epoch)" in printed
     assert "normalised: stripped prefix `module.` from 8 keys" in printed
+
+
+def test_a_golden_record_of_format_1_still_reads(digits_spec, tmp_path):
+    """Archives built before named inputs held one tensor in, one out."""
+    folder = build_archive(digits_spec, export_path=tmp_path, archive_format="folder").archive
+    ((inputs, outputs),) = GoldenRecord.read(folder).cases
+    torch.save({"inputs": inputs["input"], "outputs": outputs["output"], "rtol": 1e-4,
+                "atol": 1e-4}, folder / "golden.pt")
+    old = GoldenRecord.read(folder)
+    assert old.cases[0][0]["input"].shape == (16, 1, 8, 8)
+    assert old.compare([outputs]).within

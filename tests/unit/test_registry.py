@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from handlers.errors import ArchitectureError
+from handlers.model_io import ModelIO
+from handlers.records import golden_inputs
 from handlers.spec import load_spec
 from model_defs import create_model, definition_files, get_entry, list_models
 from model_defs.registry import _package_imports
@@ -23,22 +25,31 @@ SPECS = sorted((REPO_ROOT / "model_defs" / "specs").glob("*.yaml"))
 @dataclass(frozen=True)
 class Example:
     params: dict
-    shape: tuple[int, ...]
-    dtype: str
+    spec: object | None  # the spec it came from; None: the registration's example input
+    shape: tuple[int, ...] = ()
+    dtype: str = "float32"
 
-    def batch(self, size: int) -> torch.Tensor:
+    def batch(self, size: int) -> dict[str, torch.Tensor]:
+        if self.spec is not None:
+            return {k: v[:size] for k, v in golden_inputs(self.spec)[-1].items()}
         dtype = getattr(torch, self.dtype)
         if dtype.is_floating_point:
-            return torch.rand(size, *self.shape, dtype=dtype)
-        return torch.randint(0, 2, (size, *self.shape), dtype=dtype)
+            return {"input": torch.rand(size, *self.shape, dtype=dtype)}
+        return {"input": torch.randint(0, 2, (size, *self.shape), dtype=dtype)}
+
+    def run(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        if self.spec is None:
+            with torch.inference_mode():
+                return {"output": model(batch["input"])}
+        return ModelIO(self.spec, model)(batch)
 
 
 def example(name: str) -> Example | None:
     entry = get_entry(name)
     if entry.example_input_shape is not None:
-        return Example({}, entry.example_input_shape, entry.example_input_dtype)
+        return Example({}, None, entry.example_input_shape, entry.example_input_dtype)
     spec = next((s for s in map(load_spec, SPECS) if s.arch == name), None)
-    return Example(spec.params, spec.input.shape, spec.input.dtype) if spec else None
+    return Example(spec.params, spec) if spec else None
 
 
 def example_or_skip(name: str) -> Example:
@@ -53,10 +64,9 @@ def example_or_skip(name: str) -> Example:
 def test_forward_pass(name):
     found = example_or_skip(name)
     model = create_model(name, **found.params).eval()
-    with torch.inference_mode():
-        output = model(found.batch(3))
-    assert output.shape[0] == 3
-    assert torch.isfinite(output).all()
+    for output in found.run(model, found.batch(3)).values():
+        assert output.shape[0] == 3
+        assert torch.isfinite(output).all()
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -75,8 +85,8 @@ def test_state_dict_round_trip_gives_identical_weights_and_outputs(name):
                                                  restored.state_dict().values()))
     if found is not None:
         batch = found.batch(4)
-        with torch.inference_mode():
-            assert torch.equal(original(batch), restored(batch))
+        for name_, value in found.run(original, batch).items():
+            assert torch.equal(value, found.run(restored, batch)[name_])
 
 
 def test_registration_needs_no_example_input():
@@ -92,7 +102,7 @@ def test_registration_needs_no_example_input():
     try:
         assert get_entry("test_only_no_example").example_input_shape is None
         assert example("test_only_no_example") is None
-        assert example("digits_cnn").shape == (1, 8, 8)  # from model_defs/specs/digits_cnn.yaml
+        assert example("digits_cnn").spec.input.shape == (1, 8, 8)  # model_defs/specs/digits_cnn.yaml
     finally:
         del _REGISTRY["test_only_no_example"]
 

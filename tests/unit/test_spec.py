@@ -31,7 +31,7 @@ def test_missing_key_is_named(tmp_path):
 def test_unknown_key_is_named_with_allowed_keys(tmp_path):
     message = _error_for(tmp_path, digits_spec_data(wieghts="x.pt"))
     assert "unknown key `wieghts`: remove it or fix its spelling" in message
-    assert "allowed: name, version, arch, weights, input" in message
+    assert "allowed: name, version, arch, weights, params" in message
 
 
 def test_unknown_serving_key_is_named(tmp_path):
