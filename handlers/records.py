@@ -53,7 +53,7 @@ class WeightsEntry:
 
 @dataclass(frozen=True)
 class BuildRecord:
-    FORMAT: ClassVar[int] = 1
+    FORMAT: ClassVar[int] = 2  # 2: runtime; format 1 records (eager only) read as they are
 
     model: dict[str, str]  # name, version, arch
     weights: WeightsEntry
@@ -62,6 +62,9 @@ class BuildRecord:
     torch_version: str
     checkpoint: dict[str, list[str]]  # normalised, let_through_missing, ignored_unexpected
     golden: dict[str, Any]  # file, precision, batch_size
+    # eager: None. An exported runtime: {"name", "target_device", "eager_weights_sha256"}; then
+    # `weights` is the exported artifact, which holds the weights.
+    runtime: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         data = {"format": self.FORMAT, **asdict(self)}

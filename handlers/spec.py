@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "gpu")
+RUNTIMES = ("eager", "torchscript", "onnx", "aoti")  # handlers/runtimes.py loads each
 PRECISIONS = ("fp32", "fp16", "bf16")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accepts
 
@@ -68,6 +69,7 @@ class ServingSpec:
     tf32: bool = False  # allow TF32 matmuls at fp32 on Ampere+ GPUs (faster, ~1e-3 less exact)
     compile: bool = False  # torch.compile the model at load; falls back to eager, logged, on failure
     channels_last: bool = False  # 4-D weights in NHWC: faster convolutions (oneDNN, cuDNN)
+    runtime: str = "eager"  # eager, or an artifact exported at build: torchscript, onnx, aoti
 
     # ---- the same settings in TorchServe's own forms ----
 
@@ -346,6 +348,15 @@ def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
             settings["device_ids"] = tuple(ids)
     if settings.get("device", "auto") not in DEVICES:
         problems.append(f"`serving.device` {settings['device']!r} is not one of {', '.join(DEVICES)}")
+    runtime = settings.get("runtime", "eager")
+    if runtime not in RUNTIMES:
+        problems.append(f"`serving.runtime` {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    elif runtime != "eager" and settings.get("compile"):
+        problems.append(f"`serving.compile` applies to the eager runtime; runtime {runtime} is "
+                        "compiled at build already: drop compile, or use runtime: eager")
+    elif runtime == "onnx" and settings.get("precision") == "bf16":
+        problems.append("`serving.runtime` onnx with precision bf16 is not supported (numpy, which "
+                        "feeds onnxruntime, has no bfloat16): use fp16 or fp32, or another runtime")
     if settings.get("precision", "fp32") not in PRECISIONS:
         problems.append(f"`serving.precision` {settings['precision']!r} is not one of "
                         f"{', '.join(PRECISIONS)}")

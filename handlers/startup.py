@@ -18,7 +18,10 @@ from torch import nn
 
 from handlers.construction import build_model
 from handlers.device import apply_process_settings, prepare_model, select_device
+from handlers.errors import IntegrityError
+from handlers.hashing import blake3_file
 from handlers.model_io import ModelIO
+from handlers.runtimes import ExportedModel, load_exported
 from handlers.records import SPEC_FILE, BuildRecord, GoldenRecord
 from handlers.spec import ModelSpec, load_spec
 from handlers.worker_report import WorkerReport
@@ -46,17 +49,37 @@ def load_archive_model(model_dir: Path, *, gpu_id: int | str | None = None,
     spec = load_spec(model_dir / SPEC_FILE)
     record = BuildRecord.read(model_dir)
     record.check_files(model_dir)
-    device = device or _serving_device(spec, gpu_id)
+    target = (record.runtime or {}).get("target_device")
+    device = device or _serving_device(spec, gpu_id, target)
     apply_process_settings(spec)
+    golden = GoldenRecord.read(model_dir)
+    if record.runtime is None:
+        model = _eager_model(spec, model_dir, record, golden, device)
+        model_io = ModelIO(spec, model)
+    else:
+        model = model_io = _exported_model(spec, model_dir, record, device)
+    error = golden.check(model_io, device, model_dir)  # also the warm-up, at the largest batch
+    return ArchiveModel(spec, model, model_io, device, error, record.weights.bytes)
+
+
+def _eager_model(spec: ModelSpec, model_dir: Path, record: BuildRecord, golden: GoldenRecord,
+                 device: torch.device) -> nn.Module:
     loaded = build_model(spec, model_dir / record.weights.file, device=device,
                          expected_blake3=record.weights.blake3)
     model = prepare_model(loaded.model, spec)
-    golden = GoldenRecord.read(model_dir)
     if spec.serving.compile:
         model = _compiled_or_eager(spec, model, golden, device)
-    model_io = ModelIO(spec, model)
-    error = golden.check(model_io, device, model_dir)  # also the warm-up, at the largest batch
-    return ArchiveModel(spec, model, model_io, device, error, record.weights.bytes)
+    return model
+
+
+def _exported_model(spec: ModelSpec, model_dir: Path, record: BuildRecord,
+                    device: torch.device) -> ExportedModel:
+    """The artifact, checked against its recorded BLAKE3 before anything loads it."""
+    path = model_dir / record.weights.file
+    if blake3_file(path) != record.weights.blake3:
+        raise IntegrityError(f"{path} does not match the archive's build record (BLAKE3): the "
+                             "archive was altered after `mar build`. Rebuild it.")
+    return load_exported(spec, path, device, target_device=record.runtime["target_device"])
 
 
 def worker_report(loaded: ArchiveModel, *, resident_before: int, started: float) -> WorkerReport:
@@ -71,7 +94,11 @@ def worker_report(loaded: ArchiveModel, *, resident_before: int, started: float)
         load_seconds=round(time.perf_counter() - started, 4))
 
 
-def _serving_device(spec: ModelSpec, gpu_id: int | str | None) -> torch.device:
+def _serving_device(spec: ModelSpec, gpu_id: int | str | None,
+                    artifact_target: str | None) -> torch.device:
+    if artifact_target == "cpu" and spec.serving.device == "auto" and spec.serving.runtime == "aoti":
+        logger.info("the AOTInductor artifact was compiled for the CPU: serving on the CPU")
+        return torch.device("cpu")
     device = select_device(spec.serving.device, gpu_id)
     if device.type == "cpu" and spec.serving.device == "auto":
         logger.info("serving.device is auto and %s: serving on the CPU",

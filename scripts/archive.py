@@ -11,8 +11,10 @@ sources: building the same spec and weights twice gives byte-identical archives.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import zlib
 import shutil
 import tempfile
 import zipfile
@@ -115,17 +117,21 @@ def archive_path(export_dir: Path, name: str, version: str, archive_format: str)
     return export_dir / (f"{stem}.mar" if archive_format == "mar" else stem)
 
 
-def write_archive(target: Path, members: dict[str, Member], *, archive_format: str) -> None:
+def write_archive(target: Path, members: dict[str, Member], *, archive_format: str,
+                  crcs: dict[Path, int] | None = None) -> str | None:
     """Write `members` (archive name -> source) to `target` atomically: readers see the old
-    archive or the new one, never a partial file, and a failure leaves the old one in place."""
+    archive or the new one, never a partial file, and a failure leaves the old one in place.
+    `crcs` gives CRC-32s already known (of the weights, read once for their sha256 too). Returns
+    the .mar's sha256, computed as it is written (None for the folder format)."""
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         if archive_format == "mar":
-            _write_zip(staging / "archive", members)
+            digest = _write_zip(staging / "archive", members, crcs or {})
             os.replace(staging / "archive", target)
-        else:
-            _write_folder(staging / "archive", members)
-            _replace_folder(staging / "archive", target, staging)
+            return digest
+        _write_folder(staging / "archive", members)
+        _replace_folder(staging / "archive", target, staging)
+        return None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -135,8 +141,37 @@ def _write_order(members: dict[str, Member]) -> list[str]:
     return sorted(members, key=lambda name: (callable(members[name]), name))
 
 
-def _write_zip(path: Path, members: dict[str, Member]) -> None:
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+class _HashingWriter:
+    """A file that hashes what is written to it, front to back."""
+
+    def __init__(self, file) -> None:
+        self._file, self._hash, self._position = file, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self._hash.update(data)
+        self._position += len(data)
+        return self._file.write(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, *args):
+        raise OSError("written front to back, once")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _write_zip(path: Path, members: dict[str, Member], crcs: dict[Path, int]) -> str:
+    """Each entry's local header with its size and CRC-32 (TorchServe's Java reader refuses
+    stored entries whose sizes follow their data), then the data, in one pass that hashes the
+    archive; zipfile writes the central directory. Returns the archive's sha256."""
+    with open(path, "wb") as raw:
+        out = _HashingWriter(raw)
+        entries = []
         for name in _write_order(members):
             source = members[name]
             if callable(source):
@@ -144,12 +179,34 @@ def _write_zip(path: Path, members: dict[str, Member]) -> None:
             info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
             info.external_attr = 0o644 << 16
             info.create_system = 3  # unix, so the mode above is honoured
+            info.compress_type = zipfile.ZIP_STORED
             if isinstance(source, bytes):
-                archive.writestr(info, source)
-                continue
-            info.file_size = source.stat().st_size  # lets zipfile choose zip64 up front
-            with open(source, "rb") as src, archive.open(info, "w") as dst:
-                shutil.copyfileobj(src, dst, _COPY_CHUNK)
+                info.file_size, info.CRC = len(source), zlib.crc32(source)
+            else:
+                info.file_size = source.stat().st_size
+                info.CRC = crcs[source] if source in crcs else _crc32(source)
+            info.compress_size = info.file_size
+            info.header_offset = out.tell()
+            out.write(info.FileHeader())
+            if isinstance(source, bytes):
+                out.write(source)
+            else:
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, out, _COPY_CHUNK)
+            entries.append(info)
+        directory = zipfile.ZipFile(out, "w", allowZip64=True)  # starts where the entries end
+        directory.filelist = entries
+        directory.NameToInfo = {info.filename: info for info in entries}
+        directory.close()
+        return out.hexdigest()
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as file:
+        while chunk := file.read(_COPY_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def _write_folder(path: Path, members: dict[str, Member]) -> None:

@@ -48,6 +48,7 @@ WORKER_REPORT = REPO_ROOT / "handlers" / "worker_report.py"
 
 
 PARTS = ("build", "cold-start", "throughput", "protocols")
+RUNTIME_MODELS = ("digits", "resnet18")  # `mar bench --runtimes`
 
 
 def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
@@ -378,6 +379,140 @@ def _bench_protocols(config: ServerConfig, root: Path, seconds: float, concurren
         client.unregister("oip_bench")
     return {level: {label: _median_run(rows) for label, rows in variants_.items()}
             for level, variants_ in runs.items()}
+
+
+# ---- runtimes: eager against its exported artifacts ----
+
+def run_runtimes_bench(*, models: tuple[str, ...], runtimes: tuple[str, ...], seconds: float,
+                       concurrency: int, repeats: int, out: Path) -> dict:
+    """Per model and runtime: build time, archive size, cold start (register -> first answer),
+    requests/s and p50/p99 under wrk with binary v2 requests (so the model, not JSON, is timed),
+    at the spec's batching, one worker; runtimes interleaved round by round."""
+    if shutil.which("wrk") is None:
+        raise MarError("`mar bench --runtimes` drives the server with wrk: `sudo apt-get install wrk`.")
+    results: dict = {"machine": _machine(), "seconds": seconds, "concurrency": concurrency,
+                     "repeats": repeats, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="mar-bench-runtimes-") as scratch:
+        root = Path(scratch)
+        env = private_env(root)
+        config = read_config(write_private_config(root))
+        config.model_store.mkdir(parents=True, exist_ok=True)
+        start_server(config, env=env, restore=False)
+        try:
+            for model in models:
+                results["models"][model] = _bench_model_runtimes(config, root, model, runtimes,
+                                                                 seconds, concurrency, repeats)
+                _print_runtimes(model, results["models"][model], concurrency)
+        finally:
+            stop_server(config, env=env)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nresults written to {out}")
+    return results
+
+
+def _bench_model_runtimes(config: ServerConfig, root: Path, model: str, runtimes: tuple[str, ...],
+                          seconds: float, concurrency: int, repeats: int) -> dict:
+    folder = root / model
+    folder.mkdir()
+    data, arch_params = _runtime_spec(model)
+    from model_defs import create_model
+
+    torch.manual_seed(0)
+    torch.save(create_model(data["arch"], **arch_params).state_dict(), folder / "weights.pt")
+    rows: dict[str, dict] = {}
+    for runtime in runtimes:
+        spec = {**data, "name": f"{model}_{runtime}", "weights": "weights.pt",
+                "serving": {**data["serving"], "runtime": runtime, "response_timeout_s": 600}}
+        (folder / f"{runtime}.yaml").write_text(yaml.safe_dump(spec))
+        started = time.perf_counter()
+        try:
+            archive = build_archive(folder / f"{runtime}.yaml", export_path=config.model_store).archive
+        except MarError as err:
+            rows[runtime] = {"refused": str(err).split(": ", 1)[-1][:300]}
+            continue
+        rows[runtime] = {"build_s": time.perf_counter() - started,
+                         "archive_mb": archive.stat().st_size / 1e6, "cold_s": [], "runs": []}
+    body, header = _binary_request(root / model, _sample_shape(data))
+    probe = body.read_bytes()
+    for _ in range(repeats):  # interleaved: every runtime once per round
+        for runtime, row in rows.items():
+            if "refused" in row:
+                continue
+            name = f"{model}_{runtime}"
+            row["cold_s"].append(_cold_start_binary(config, name, probe, header))
+            path = f"/v2/models/{name}/infer"
+            headers = {"Inference-Header-Content-Length": str(header)}
+            wrk_run(config, path, body=body, level=concurrency, seconds=min(seconds, 3),
+                    content_type="application/octet-stream", headers=headers)  # warm-up
+            row["runs"].append(wrk_run(config, path, body=body, level=concurrency, seconds=seconds,
+                                       content_type="application/octet-stream", headers=headers))
+            TorchServeClient(config).unregister(name)
+    for row in rows.values():
+        if "refused" not in row:
+            row.update(_median_run(row.pop("runs")), cold_start_s=statistics.median(row["cold_s"]))
+    return rows
+
+
+def _runtime_spec(model: str) -> tuple[dict, dict]:
+    path = DEMO_SPEC if model == "digits" else REPO_ROOT / "model_defs" / "specs" / f"{model}.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.pop("labels", None)  # the model's own outputs are what the runtimes are compared on
+    return data, data.get("params", {})
+
+
+def _sample_shape(data: dict) -> list[int]:
+    return (data.get("input") or data["inputs"][0])["shape"]
+
+
+def _binary_request(folder: Path, shape: list[int]) -> tuple[Path, int]:
+    values = torch.rand(1, *shape, generator=torch.Generator().manual_seed(1)).numpy()
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, *shape],
+                                     "parameters": {"binary_data_size": values.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    body = folder / "request.bin"
+    body.write_bytes(header + values.astype("<f4").tobytes())
+    return body, len(header)
+
+
+def _cold_start_binary(config: ServerConfig, name: str, body: bytes, header: int) -> float:
+    """Seconds from the register call to the first 200 for a binary v2 request."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    client = TorchServeClient(config)
+    os.sync()
+    started = time.perf_counter()
+    client.register(f"{name}-1.0.mar", initial_workers=1)
+    url = urlsplit(config.inference_url)
+    while True:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+        connection.request("POST", f"/v2/models/{name}/infer", body, {
+            "Inference-Header-Content-Length": str(header), "Content-Type": "application/octet-stream",
+            "Authorization": f"Bearer {config.key('inference')}"})
+        status = connection.getresponse().status
+        connection.close()
+        if status == 200:
+            return time.perf_counter() - started
+        if time.perf_counter() - started > 600:
+            raise MarError(f"bench: {name} never answered (HTTP {status})")
+        time.sleep(0.01)
+
+
+def _print_runtimes(model: str, rows: dict, concurrency: int) -> None:
+    eager = rows.get("eager", {})
+    print(f"\nruntimes, {model}, c={concurrency}, binary v2 requests, 1 worker")
+    print(f"  {'runtime':<12} {'req/s':>8} {'x eager':>8} {'p50 ms':>7} {'p99 ms':>7} {'cold s':>7} "
+          f"{'x eager':>8} {'MB':>6} {'build s':>8}")
+    for runtime, row in rows.items():
+        if "refused" in row:
+            print(f"  {runtime:<12} refused at build: {row['refused'][:150]}")
+            continue
+        rate = row["requests_per_s"] / eager["requests_per_s"] if "requests_per_s" in eager else 0
+        cold = row["cold_start_s"] / eager["cold_start_s"] if "cold_start_s" in eager else 0
+        print(f"  {runtime:<12} {row['requests_per_s']:8.1f} {rate:8.2f} {row['p50_ms']:7.1f} "
+              f"{row['p99_ms']:7.1f} {row['cold_start_s']:7.2f} {cold:8.2f} {row['archive_mb']:6.1f} "
+              f"{row['build_s']:8.1f}")
 
 
 _WRK_SCRIPT = """

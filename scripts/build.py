@@ -8,6 +8,7 @@ and leaves any existing archive of the same name untouched (the new one replaces
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ import yaml
 
 from handlers.construction import LoadedModel, build_model
 from handlers.errors import MarError
-from handlers.hashing import blake3_file, sha256_bytes, sha256_file
+from handlers.hashing import blake3_file, sha256_and_crc32, sha256_bytes, sha256_file
+from handlers.device import prepare_model
 from handlers.model_io import ModelIO
 from handlers.records import (BUILD_RECORD_FILE, FILES_DIR, GOLDEN_FILE, MODEL_CONFIG_FILE, SPEC_FILE,
                               BuildRecord, GoldenRecord, WeightsEntry, golden_inputs)
@@ -25,6 +27,7 @@ from handlers.spec import ModelSpec, load_spec, spec_to_dict
 from model_defs import definition_files
 from scripts.archive import MANIFEST_NAME, Member, archive_path, manifest_json, write_archive
 from scripts.config import REPO_ROOT
+from scripts.export import ExportResult, export_artifact
 
 __all__ = ["BuildResult", "build_archive", "validate", "HANDLER_FILE", "RUNTIME_DIR"]
 
@@ -44,6 +47,7 @@ class BuildResult:
     checkpoint_notes: list[str]
     let_through_missing: tuple[str, ...]
     ignored_unexpected: tuple[str, ...]
+    exported: ExportResult | None = None  # the runtime's artifact, when not eager
 
 
 def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: str | Path | None = None,
@@ -59,21 +63,28 @@ def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: st
         raise MarError(f"--weights {weights_path} is not a file. Pass the state_dict file.")
     export_dir = Path(export_path).resolve()
     target = archive_path(export_dir, spec.name, spec.version, archive_format)
-    # The weights are hashed on the other core while they are validated and copied; the build
-    # record that needs the digest is written last.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        weights_sha256 = pool.submit(sha256_file, weights_path)
+    with tempfile.TemporaryDirectory(prefix="mar-export-") as scratch, \
+            ThreadPoolExecutor(max_workers=2) as pool:
+        # The weights are hashed on the other core while they are validated and copied; the build
+        # record that needs the digest is written last.
+        weights_digest = pool.submit(sha256_and_crc32, weights_path)
         loaded, golden = validate(spec, weights_path)
-        members = _members(spec, weights_path, weights_sha256, loaded, golden)
+        exported = export_artifact(spec, prepare_model(loaded.model, spec), golden, Path(scratch)) \
+            if spec.serving.runtime != "eager" else None
+        served = exported.path if exported else weights_path
+        served_digest = pool.submit(sha256_and_crc32, served) if exported else weights_digest
+        members = _members(spec, weights_path, served, served_digest, weights_digest, exported,
+                           loaded, golden)
         export_dir.mkdir(parents=True, exist_ok=True)
-        write_archive(target, members, archive_format=archive_format)
-    return BuildResult(
-        archive=target, archive_sha256=sha256_file(target) if archive_format == "mar" else None,
-        spec=spec, weights=weights_path, weights_sha256=weights_sha256.result(),
-        parameters=sum(p.numel() for p in loaded.model.parameters()),
-        golden=golden, checkpoint_notes=loaded.checkpoint_notes,
-        let_through_missing=loaded.plan.let_through_missing,
-        ignored_unexpected=loaded.plan.ignored_unexpected)
+        archive_sha256 = write_archive(target, members, archive_format=archive_format,
+                                       crcs={served: served_digest.result().crc32})
+        return BuildResult(
+            archive=target, archive_sha256=archive_sha256, spec=spec, weights=weights_path,
+            weights_sha256=weights_digest.result().sha256,
+            parameters=sum(p.numel() for p in loaded.model.parameters()),
+            golden=golden, checkpoint_notes=loaded.checkpoint_notes,
+            let_through_missing=loaded.plan.let_through_missing,
+            ignored_unexpected=loaded.plan.ignored_unexpected, exported=exported)
 
 
 def validate(spec: ModelSpec, weights_path: Path) -> tuple[LoadedModel, GoldenRecord]:
@@ -95,10 +106,12 @@ def validate(spec: ModelSpec, weights_path: Path) -> tuple[LoadedModel, GoldenRe
                        "batch dimension) and `params`.") from None
 
 
-def _members(spec: ModelSpec, weights_path: Path, weights_sha256: Future, loaded: LoadedModel,
+def _members(spec: ModelSpec, weights_path: Path, served: Path, served_digest: Future,
+             weights_digest: Future, exported: ExportResult | None, loaded: LoadedModel,
              golden: GoldenRecord) -> dict[str, Member]:
-    """Every file of the archive (name -> source); the build record is deferred: it needs the
-    weights' digest, which is computed while the rest is written."""
+    """Every file of the archive (name -> source): the state_dict, or the runtime's artifact in
+    its place. The build record is deferred: it needs the served file's digest, which is computed
+    while the rest is written."""
     members: dict[str, Member] = {HANDLER_FILE.name: HANDLER_FILE}
     for source in sorted(RUNTIME_DIR.glob("*.py")):
         if source != HANDLER_FILE:
@@ -108,29 +121,33 @@ def _members(spec: ModelSpec, weights_path: Path, weights_sha256: Future, loaded
         members[f"model_defs/{source.relative_to(package_dir).as_posix()}"] = source
     for relative, source in _spec_files(spec).items():
         members[f"{FILES_DIR}/{relative}"] = source
-    if weights_path.name in members or weights_path.name in (SPEC_FILE, MODEL_CONFIG_FILE,
-                                                             BUILD_RECORD_FILE, GOLDEN_FILE):
-        raise MarError(f"weights file name {weights_path.name!r} collides with a file the archive "
+    if served.name in members or served.name in (SPEC_FILE, MODEL_CONFIG_FILE, BUILD_RECORD_FILE,
+                                                 GOLDEN_FILE):
+        raise MarError(f"weights file name {served.name!r} collides with a file the archive "
                        "needs. Rename the weights file.")
-    members[SPEC_FILE] = yaml.safe_dump(spec_to_dict(spec, weights=weights_path.name),
+    members[SPEC_FILE] = yaml.safe_dump(spec_to_dict(spec, weights=served.name),
                                         sort_keys=False).encode()
     members[MODEL_CONFIG_FILE] = yaml.safe_dump(spec.serving.model_config(), sort_keys=False).encode()
     members[GOLDEN_FILE] = golden.to_bytes()
     members[MANIFEST_NAME] = manifest_json(name=spec.name, version=spec.version,
-                                           handler=HANDLER_FILE.name, weights=weights_path.name,
+                                           handler=HANDLER_FILE.name, weights=served.name,
                                            config_file=MODEL_CONFIG_FILE)
     files = {name: _sha256(source) for name, source in sorted(members.items())}
-    members[weights_path.name] = weights_path
+    members[served.name] = served
     members[BUILD_RECORD_FILE] = lambda: BuildRecord(
         model={"name": spec.name, "version": spec.version, "arch": spec.arch},
-        weights=WeightsEntry(file=weights_path.name, bytes=weights_path.stat().st_size,
-                             sha256=weights_sha256.result(), blake3=blake3_file(weights_path)),
+        weights=WeightsEntry(file=served.name, bytes=served.stat().st_size,
+                             sha256=served_digest.result().sha256, blake3=blake3_file(served)),
         files=files, source=_git_state(), torch_version=torch.__version__,
         checkpoint={"normalised": loaded.checkpoint_notes,
                     "let_through_missing": list(loaded.plan.let_through_missing),
                     "ignored_unexpected": list(loaded.plan.ignored_unexpected)},
         golden={"file": GOLDEN_FILE, "precision": spec.serving.precision,
                 "batch_size": spec.serving.batch_size},
+        runtime=None if exported is None else {
+            "name": spec.serving.runtime, "target_device": exported.target_device,
+            "eager_weights_sha256": weights_digest.result().sha256,
+            "max_abs_error_vs_eager": exported.max_error},
     ).to_bytes()
     return members
 

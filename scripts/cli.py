@@ -353,11 +353,23 @@ def _add_bench(commands) -> None:
     sub.add_argument("--parts", nargs="+", choices=["build", "cold-start", "throughput", "protocols"],
                      default=["build", "cold-start", "throughput", "protocols"])
     sub.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
+    sub.add_argument("--runtimes", nargs="*", metavar="RUNTIME",
+                     choices=["eager", "torchscript", "onnx", "aoti"],
+                     help="instead: compare serving runtimes (all when none are named) on "
+                     "--runtime-models, at the models' spec batching")
+    sub.add_argument("--runtime-models", nargs="+", default=["digits", "resnet18"],
+                     choices=["digits", "resnet18"])
 
 
 def _cmd_bench(args) -> int:
-    from scripts.bench import run_bench
+    from scripts.bench import run_bench, run_runtimes_bench
 
+    if args.runtimes is not None:
+        run_runtimes_bench(models=tuple(args.runtime_models),
+                           runtimes=tuple(args.runtimes or ["eager", "torchscript", "onnx", "aoti"]),
+                           seconds=args.throughput_seconds, concurrency=max(args.concurrency),
+                           repeats=args.repeats, out=args.out.with_name("runtimes.json"))
+        return 0
     run_bench(size_mb=args.size_mb, repeats=args.repeats, out=args.out,
               throughput_s=args.throughput_seconds, concurrency=args.concurrency,
               parts=tuple(args.parts))

@@ -12,6 +12,7 @@ asks for a new one with the non-expiring API key and retries once.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -119,7 +120,14 @@ class TorchServeClient:
 
     def unregister(self, name: str, version: str | None = None, *, check: bool = True) -> Response:
         path = f"/models/{quote(name)}" + (f"/{quote(version)}" if version else "")
-        response = self._call("DELETE", self.config.management_url + path, key_kind="management")
+        deadline = time.monotonic() + 60
+        while True:
+            response = self._call("DELETE", self.config.management_url + path, key_kind="management")
+            # TorchServe 0.12 sometimes answers 500 ConcurrentModificationException while a worker
+            # of the model is still settling; the unregister succeeds once it has.
+            if b"ConcurrentModificationException" not in response.body or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         return _checked(response, f"unregistering {name} {version or '(default version)'}", check,
                         _LISTS_MODELS)
 

@@ -14,7 +14,7 @@ from handlers.spec import load_spec
 from model_defs import create_model
 from scripts.config import REPO_ROOT
 
-EXAMPLES = ("sentiment", "speaker")
+EXAMPLES = ("sentiment", "speaker", "resnet18")
 
 
 def main() -> int:

@@ -92,11 +92,11 @@ def test_cli_builds_several_specs_and_weights_override(tmp_path, digits_model, c
 
 
 def test_cli_reports_user_errors_in_one_paragraph(tmp_path, digits_model, capsys):
-    spec = write_spec(tmp_path, digits_spec_data(arch="resnet", weights="w.pt"))
+    spec = write_spec(tmp_path, digits_spec_data(arch="vgg", weights="w.pt"))
     save_weights(digits_model, tmp_path / "w.pt")
     assert main(["build", str(spec), "--export-path", str(tmp_path)]) == 1
     stderr = capsys.readouterr().err
-    assert stderr.startswith("mar build: error: unknown architecture 'resnet'; registered: ")
+    assert stderr.startswith("mar build: error: unknown architecture 'vgg'; registered: ")
     assert "Traceback" not in stderr
 
 

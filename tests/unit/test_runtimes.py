@@ -1,0 +1,108 @@
+"""Exported runtimes: built from the same state_dict, proven equal to eager, or not built."""
+
+import json
+import zipfile
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from handlers.errors import IntegrityError, MarError, SpecError
+from handlers.records import BuildRecord
+from handlers.runtimes import load_exported
+from handlers.spec import load_spec
+from handlers.startup import load_archive_model
+from scripts.build import build_archive
+from tests.helpers import digits_spec_data, save_weights, write_spec
+
+
+def _digits(tmp_path, digits_model, **serving):
+    save_weights(digits_model, tmp_path / "digits.pt")
+    data = digits_spec_data(weights="digits.pt")
+    data["serving"].update(serving)
+    return write_spec(tmp_path, data)
+
+
+@pytest.mark.parametrize("runtime", ["torchscript", "onnx"])
+def test_exported_archive_serves_what_eager_serves(tmp_path, digits_model, runtime):
+    built = build_archive(_digits(tmp_path, digits_model, runtime=runtime),
+                          export_path=tmp_path / "store", archive_format="folder")
+    artifact = {"torchscript": "model.ts.pt", "onnx": "model.onnx"}[runtime]
+    record = BuildRecord.read(built.archive)
+    assert record.weights.file == artifact and not (built.archive / "digits.pt").exists()
+    assert record.runtime["name"] == runtime and record.runtime["target_device"] == "cpu"
+    assert record.runtime["eager_weights_sha256"] == built.weights_sha256
+    assert record.runtime["max_abs_error_vs_eager"] < 1e-4
+    loaded = load_archive_model(built.archive)
+    images = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))  # not the golden
+    with torch.inference_mode():
+        assert torch.allclose(loaded.model_io({"input": images})["output"], digits_model(images),
+                              atol=1e-5)
+
+
+def test_a_model_with_data_dependent_control_flow_is_not_built(tmp_path):
+    from model_defs.registry import _REGISTRY, register_model
+
+    @register_model("test_only_branching")
+    class Branching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, x):
+            if x.sum() > 0:  # tracing would record one side and stay silent about the other
+                return self.linear(x)
+            return -self.linear(x)
+
+    try:
+        torch.save(Branching().state_dict(), tmp_path / "w.pt")
+        spec = write_spec(tmp_path, {"name": "b", "version": "1", "arch": "test_only_branching",
+                                     "weights": "w.pt", "input": {"shape": [4]},
+                                     "serving": {"runtime": "onnx", "batch_size": 4}})
+        with pytest.raises(MarError) as err:
+            build_archive(spec, export_path=tmp_path / "store")
+        message = str(err.value)
+        assert "serving.runtime onnx: torch.export cannot capture the model" in message
+        assert "Nothing was written. Serve it with serving.runtime: eager" in message
+        assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+    finally:
+        del _REGISTRY["test_only_branching"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a host without CUDA")
+def test_aoti_for_a_gpu_needs_cuda_at_build(tmp_path, digits_model):
+    with pytest.raises(MarError, match="runtime aoti with serving.device: gpu compiles CUDA code, "
+                                       "which needs a GPU"):
+        build_archive(_digits(tmp_path, digits_model, runtime="aoti", device="gpu"),
+                      export_path=tmp_path / "store")
+
+
+def test_an_aoti_artifact_refuses_another_device(tmp_path, digits_model):
+    spec = load_spec(_digits(tmp_path, digits_model, runtime="aoti"))
+    with pytest.raises(IntegrityError, match="compiled by AOTInductor for cuda, and this worker "
+                                             "serves on cpu"):
+        load_exported(spec, tmp_path / "model.pt2", torch.device("cpu"), target_device="cuda")
+
+
+@pytest.mark.parametrize("serving,message", [
+    ({"runtime": "tensorrt"}, "`serving.runtime` 'tensorrt' is not one of eager, torchscript"),
+    ({"runtime": "onnx", "compile": True}, "`serving.compile` applies to the eager runtime"),
+    ({"runtime": "onnx", "precision": "bf16"}, "onnx with precision bf16 is not supported"),
+])
+def test_runtime_settings_are_validated(tmp_path, serving, message):
+    data = digits_spec_data()
+    data["serving"].update(serving)
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        load_spec(write_spec(tmp_path, data))
+
+
+def test_the_archive_carries_the_artifact_and_model_config(tmp_path, digits_model):
+    built = build_archive(_digits(tmp_path, digits_model, runtime="onnx"),
+                          export_path=tmp_path / "store")
+    with zipfile.ZipFile(built.archive) as mar:
+        spec = yaml.safe_load(mar.read("spec.yaml"))
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+        assert "model.onnx" in mar.namelist() and "digits.pt" not in mar.namelist()
+    assert spec["weights"] == "model.onnx" and spec["serving"]["runtime"] == "onnx"
+    assert manifest["model"]["serializedFile"] == "model.onnx"
