@@ -140,6 +140,7 @@ def _bench_builds(model: dict, root: Path, repeats: int) -> dict:
         "torch-model-archiver (default)": lambda out: _stock_archive(model, out, "default"),
         "torch-model-archiver (zip-store)": lambda out: _stock_archive(model, out, "zip-store"),
         "plain copy of the weights": lambda out: shutil.copyfile(model["weights"], out / "copy.pt"),
+        "cp + sha256sum of the weights": lambda out: _hashed_copy(model["weights"], out / "copy.pt"),
     }
     return {name: _median_time(lambda: _fresh_dir(root / "builds"), action, repeats)
             for name, action in variants.items()}
@@ -158,6 +159,12 @@ def _stock_archive(model: dict, export: Path, archive_format: str, *, name: str 
         archive_format=archive_format, force=True, extra_files=str(WORKER_REPORT),
         config_file=str(config_file) if config_file else None))
     return export / f"{name}.mar"
+
+
+def _hashed_copy(source: Path, target: Path) -> None:
+    """The floor of a build that writes the weights once and hashes them: cp, then sha256sum."""
+    subprocess.run(["cp", str(source), str(target)], check=True)
+    subprocess.run(["sha256sum", str(target)], check=True, capture_output=True)
 
 
 def _fresh_dir(path: Path) -> Path:
@@ -536,17 +543,32 @@ def wrk_run(config: ServerConfig, path: str, *, body: Path, level: int, seconds:
     extra = {"Content-Type": content_type, "Authorization": f"Bearer {config.key('inference')}",
              **(headers or {})}
     command = ["wrk", "-t", str(min(level, os.cpu_count() or 1)), "-c", str(level),
-               "-d", f"{max(1, round(seconds))}s", "-s", str(script),
+               "-d", f"{max(1, round(seconds))}s", "--timeout", "120s", "-s", str(script),
                *[arg for key, value in extra.items() for arg in ("-H", f"{key}: {value}")],
                config.inference_url + path]
     output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120,
                             env={**os.environ, "MAR_BENCH_BODY": str(body)}).stdout
+    _drain(config, path, body.read_bytes(), extra)
     found = re.search(r"MAR_WRK (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", output)
     if found is None:
         raise MarError(f"bench: wrk produced no result:\n{output[-2000:]}")
     requests, micros, failed, p50_us, p99_us = found.groups()
     return {"requests_per_s": int(requests) / (int(micros) / 1e6), "p50_ms": float(p50_us) / 1000,
             "p99_ms": float(p99_us) / 1000, "completed": int(requests), "failed": int(failed)}
+
+
+def _drain(config: ServerConfig, path: str, body: bytes, headers: dict[str, str]) -> None:
+    """Wait until TorchServe has worked off what the load left queued: it keeps the jobs of
+    connections wrk closed, and the next run would meet them (503s at job_queue_size). Its queue
+    is first in, first out, so once one more request is answered, the backlog is gone."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(config.inference_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
+    connection.request("POST", path, body, headers)
+    connection.getresponse().read()
+    connection.close()
 
 
 def ab_run(config: ServerConfig, name: str, body: Path, level: int, seconds: float) -> dict:

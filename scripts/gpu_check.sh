@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU check, for a host with an NVIDIA GPU (about 4 minutes): builds the demo model and a ~1 GiB
-# MLP, starts a private TorchServe with number_of_gpu=1, registers each at fp32 and fp16, and prints
-# one table: cold start, throughput and p50/p99 at concurrency 64, GPU memory per worker, golden check.
+# GPU check, for a host with an NVIDIA GPU: builds the demo digits CNN, ResNet-18 and a ~1 GiB MLP
+# at fp32 and fp16 for each --runtimes (default eager), starts a private TorchServe with
+# number_of_gpu=1, and prints one table: build time, cold start, requests/s and p50/p99 under wrk
+# with binary v2 requests, GPU memory per worker, golden check error; refused builds with the reason.
 #
-#   bash scripts/gpu_check.sh            # needs .venv (make setup), a CUDA build of torch, and ab
+#   bash scripts/gpu_check.sh --runtimes eager onnx aoti   # needs .venv, a CUDA torch, and wrk
 #
 # On a host without CUDA it still runs (everything lands on the CPU), which checks the script.
 set -euo pipefail

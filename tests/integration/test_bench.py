@@ -17,7 +17,8 @@ def _bench(tmp_path, *extra):
 def test_build_cold_start_and_memory(tmp_path):
     printed, results = _bench(tmp_path, "--throughput-seconds", "0", "--parts", "build", "cold-start")
     assert set(results["build"]) == {"mar build", "torch-model-archiver (default)",
-                                     "torch-model-archiver (zip-store)", "plain copy of the weights"}
+                                     "torch-model-archiver (zip-store)", "plain copy of the weights",
+                                     "cp + sha256sum of the weights"}
     cold = results["cold_start"]
     assert set(cold) == {"ours (.mar)", "ours (folder)", "stock eager (default .mar)",
                          "stock eager (zip-store .mar)", "TorchServe floor (no-op, zip-store)"}
