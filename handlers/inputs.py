@@ -2,7 +2,8 @@
 
 A request names a value per input (or gives the one input's value): one sample or a list of
 samples, as numbers (nested lists), a string for the tokenizer's input, base64 (`{"b64": ...}`,
-KServe's convention) or raw bytes (a multipart part, a v2 BYTES or binary tensor). Each sample is
+KServe's convention) or raw bytes (a multipart part, a v2 BYTES or binary tensor); for an image
+input, encoded images (handlers/images.py), decoded and preprocessed per sample. Each sample is
 checked (rank, fixed dimensions, dynamic dimensions within `max`) and the request becomes `parts`:
 runs of samples of one shape, each stacked with a leading batch dimension. An attention mask the
 request leaves out is all ones. Every refusal is a RequestError naming the input and the rule.
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from handlers.errors import RequestError
+from handlers.images import preprocess
 from handlers.io_spec import InputSpec
 from handlers.spec import ModelSpec
 
@@ -88,6 +90,10 @@ class InputCodec:
               batched: bool) -> list[np.ndarray] | np.ndarray:
         if isinstance(value, np.ndarray):  # a v2 tensor, already shaped
             return self._batched(model_input, value, what, batched)
+        if model_input.type == "image" and (_is_binary(value) or isinstance(value, list) and value
+                                            and all(_is_binary(v) for v in value)):
+            images = value if isinstance(value, list) else [value]
+            return [preprocess(_binary(image, what), model_input, what) for image in images]
         if self._is_text(model_input, value):
             texts = [value] if isinstance(value, (str, bytes, dict)) else value
             return [self._tokenize(self._text(t, what), what) for t in texts]

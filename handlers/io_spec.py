@@ -20,12 +20,27 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DTYPES", "INPUT_TYPES", "IO_KEYS", "InputSpec", "OutputSpec", "TokenizerSpec", "IOSpec",
+__all__ = ["DTYPES", "INPUT_TYPES", "IMAGE_FORMATS", "IO_KEYS", "ImageSpec", "InputSpec", "OutputSpec", "TokenizerSpec", "IOSpec",
            "parse_io", "io_to_dict"]
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
-INPUT_TYPES = ("tensor",)
+INPUT_TYPES = ("tensor", "image")
+IMAGE_FORMATS = ("jpeg", "png", "webp")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How encoded images become the input tensor (handlers/images.py), at build and in the worker."""
+    mode: str = "RGB"  # RGB (3 channels) or L (1)
+    resize: int | None = None  # the shorter side, bilinear, as torchvision's Resize(int) on PIL
+    center_crop: int | None = None  # a square, as torchvision's CenterCrop(int)
+    scale: float = 1 / 255  # pixel values 0..255 times this
+    mean: tuple[float, ...] | None = None  # per channel, subtracted after scaling
+    std: tuple[float, ...] | None = None  # per channel, divided by after the mean
+    formats: tuple[str, ...] = IMAGE_FORMATS  # what is decoded; others refused
+    max_pixels: int = 40_000_000  # width x height before decoding: decompression bombs refused
+    max_bytes: int = 20_000_000  # the encoded image
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,7 @@ class InputSpec:
     max: tuple[int, ...] = ()  # the upper bound of each dynamic dimension, in order
     pad: float = 0  # the value batches of mixed lengths are padded with (with an attention mask)
     type: str = "tensor"  # one of INPUT_TYPES
+    image: ImageSpec | None = None  # for type: image
 
     @property
     def dynamic(self) -> tuple[int, ...]:
@@ -130,7 +146,7 @@ def _input(value: Any, where: str, problems: list[str], *, named: bool = False) 
     if not isinstance(value, dict):
         problems.append(f"`{where}` must be a mapping with `shape` and `dtype`, got {value!r}")
         return None
-    allowed = {"shape", "dtype", "max", "pad", "type"} | ({"name"} if named else set())
+    allowed = {"shape", "dtype", "max", "pad", "type", "image"} | ({"name"} if named else set())
     for key in sorted(set(value) - allowed, key=str):
         problems.append(f"unknown key `{where}.{key}`: remove it or fix its spelling (allowed: "
                         f"{', '.join(sorted(allowed))})")
@@ -166,8 +182,62 @@ def _input(value: Any, where: str, problems: list[str], *, named: bool = False) 
     kind = value.get("type", "tensor")
     if kind not in INPUT_TYPES:
         problems.append(f"`{where}.type` {kind!r} is not one of {', '.join(INPUT_TYPES)}")
+    image = _image(value.get("image"), shape, where, problems) if kind == "image" else None
+    if kind != "image" and "image" in value:
+        problems.append(f"`{where}.image` is for inputs of type: image")
     return InputSpec(shape=tuple(shape), dtype=str(dtype), name=str(name), max=tuple(bounds),
-                     pad=pad, type=str(kind))
+                     pad=pad, type=str(kind), image=image)
+
+
+def _image(value: Any, shape: list, where: str, problems: list[str]) -> ImageSpec:
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        problems.append(f"`{where}.image` must be a mapping, e.g. {{mode: RGB, resize: 256, "
+                        "center_crop: 224, mean: [...], std: [...]}}")
+        return ImageSpec()
+    allowed = {"mode", "resize", "center_crop", "scale", "mean", "std", "formats", "max_pixels",
+               "max_bytes"}
+    for key in sorted(set(value) - allowed, key=str):
+        problems.append(f"unknown key `{where}.image.{key}` (allowed: {', '.join(sorted(allowed))})")
+    settings = {k: v for k, v in value.items() if k in allowed}
+    mode = settings.get("mode", "RGB")
+    channels = {"RGB": 3, "L": 1}.get(mode)
+    if channels is None:
+        problems.append(f"`{where}.image.mode` {mode!r} is not RGB or L")
+        channels = 3
+    if len(shape) != 3 or shape[0] != channels or None in shape:
+        problems.append(f"`{where}.shape` {shape!r} must be [channels, height, width] with "
+                        f"{channels} channel(s) for mode {mode}, e.g. [{channels}, 224, 224]")
+    for key in ("resize", "center_crop", "max_pixels", "max_bytes"):
+        if key in settings and not (isinstance(settings[key], int) and not isinstance(
+                settings[key], bool) and settings[key] > 0):
+            problems.append(f"`{where}.image.{key}` {settings.pop(key)!r} must be a positive integer")
+    for key in ("mean", "std"):
+        if key in settings:
+            values = settings[key]
+            if not (isinstance(values, list) and len(values) == channels and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                problems.append(f"`{where}.image.{key}` must list {channels} numbers, one per channel")
+                settings.pop(key)
+            else:
+                settings[key] = tuple(float(v) for v in values)
+    if "std" in settings and any(v == 0 for v in settings["std"]):
+        problems.append(f"`{where}.image.std` must not hold 0")
+    formats = settings.get("formats", list(IMAGE_FORMATS))
+    if not (isinstance(formats, list) and formats and set(formats) <= set(IMAGE_FORMATS)):
+        problems.append(f"`{where}.image.formats` {formats!r} must be a list from "
+                        f"{', '.join(IMAGE_FORMATS)}")
+        formats = list(IMAGE_FORMATS)
+    settings["formats"] = tuple(formats)
+    scale = settings.get("scale", 1 / 255)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        problems.append(f"`{where}.image.scale` {scale!r} must be a number")
+        settings.pop("scale")
+    crop = settings.get("center_crop")
+    if len(shape) == 3 and None not in shape and (crop or settings.get("resize")) and \
+            crop is not None and (shape[1], shape[2]) != (crop, crop):
+        problems.append(f"`{where}.shape` {shape!r} must end in the center_crop ({crop}, {crop})")
+    return ImageSpec(**settings)
 
 
 def _outputs(value: Any, inputs: list[str], problems: list[str]) -> tuple[OutputSpec, ...]:
@@ -260,12 +330,20 @@ def _label_output(value: Any, outputs: tuple[OutputSpec, ...], problems: list[st
     return value
 
 
+def _image_dict(image: ImageSpec) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(image).items()
+            if v is not None}
+
+
 def io_to_dict(io: IOSpec) -> dict[str, Any]:
     """The contract as plain YAML-ready data (the archive's spec.yaml)."""
     data: dict[str, Any] = {
         "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype,
                     **({"max": list(i.max)} if i.max else {}), **({"pad": i.pad} if i.pad else {}),
-                    **({"type": i.type} if i.type != "tensor" else {})} for i in io.inputs],
+                    **({"type": i.type} if i.type != "tensor" else {}),
+                    **({"image": _image_dict(i.image)} if i.image else {})} for i in io.inputs],
         "outputs": [{"name": o.name, **({"follows": o.follows} if o.follows else {})}
                     for o in io.outputs]}
     if io.attention_mask:

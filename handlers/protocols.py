@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from handlers.errors import RequestError
+from handlers.images import CONTENT_TYPES
 from handlers.inputs import InputCodec, Part
 from handlers.spec import ModelSpec
 
@@ -70,6 +71,22 @@ class Protocols:
         self.spec, self.codec, self.processor = spec, codec, processor
         self.input_names = [i.name for i in spec.inputs]
         self.output_names = [o.name for o in spec.outputs]
+        images = [i.name for i in spec.inputs if i.type == "image"]
+        self.image_input = images[0] if len(images) == 1 and len(spec.inputs) == 1 else None
+
+    def _image_body_input(self, content_type: str) -> str:
+        """The input a raw body goes to: the one image input, sent as image/jpeg, png or webp."""
+        if self.image_input is None:
+            raise RequestError(f"a body of type {content_type or '(none)'} can only go to a model "
+                               "with one image input; send JSON or multipart/form-data")
+        kind = CONTENT_TYPES.get(content_type)
+        allowed = self.spec.inputs[0].image.formats
+        if kind not in allowed:
+            raise RequestError(f"Content-Type {content_type or '(none)'} is not an image type this "
+                               f"model takes; send the image as "
+                               f"{', '.join('image/' + f for f in allowed)}, in multipart/form-data, "
+                               'or as {"inputs": {"b64": ...}} in JSON')
+        return self.image_input
 
     def decode(self, request: dict, headers: dict[str, Any]) -> Decoded:
         """One TorchServe request (its parameters and headers) as parts plus the way to answer.
@@ -81,7 +98,17 @@ class Protocols:
         length = _header(headers, BINARY_HEADER)
         if length is not None and isinstance(body, (bytes, bytearray)):
             return self._oip(*_split_binary(bytes(body), length))
-        payload = _json_body(body)
+        content_type = str((headers.get("body") or headers.get("data") or {}).get(
+            "content-type", "")).split(";")[0].strip().lower()
+        if content_type.startswith("image/"):
+            return Decoded(self._parts({self._image_body_input(content_type): body}), self._our_reply)
+        try:
+            payload = _json_body(body)
+        except RequestError:
+            if self.image_input is None:
+                raise
+            self._image_body_input(content_type)  # raises: the rule for a raw image body
+            raise
         if isinstance(payload, dict) and _is_oip(payload.get("inputs")):
             return self._oip(payload, b"")
         if isinstance(payload, dict) and "instances" in payload:
@@ -192,7 +219,8 @@ class Protocols:
         model_input = next(i for i in self.spec.inputs if i.name == name)
         text = name == self.codec.text_input
         if datatype == "BYTES":
-            if not text:
+            image = model_input.type == "image"
+            if not (text or image):
                 raise RequestError(f"input tensor {name!r} is BYTES but `{name}` takes "
                                    f"{model_input.dtype} numbers")
             items = _bytes_items(binary[offset:offset + size], name) if size is not None else \
@@ -201,6 +229,8 @@ class Protocols:
             if not isinstance(items, list) or len(items) != count:
                 raise RequestError(f"input tensor {name!r} has {len(items) if isinstance(items, list) else 0} "
                                    f"strings but its shape {shape} holds {count}")
+            if image:  # encoded images: raw in binary tensors, base64 strings in JSON ones
+                items = [{"b64": item} if isinstance(item, str) else item for item in items]
             return name, items, size or 0
         array = _oip_array(tensor, name, shape, datatype, model_input.dtype, binary, offset, size)
         return name, array, size or 0

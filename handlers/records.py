@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -237,11 +238,34 @@ def _shape(model_input: InputSpec, lengths: list[int]) -> tuple[int, ...]:
 def _random(spec: ModelSpec, model_input: InputSpec, shape: tuple[int, ...], batch: int,
             generator: torch.Generator) -> Tensor:
     dtype = input_dtype(spec, model_input)
+    if model_input.type == "image":
+        return torch.from_numpy(np.stack([_golden_image(model_input, generator, i)
+                                          for i in range(batch)])).to(dtype)
     if model_input.name == spec.io.attention_mask:
         return torch.ones((batch, *shape), dtype=dtype)
     if dtype.is_floating_point:
         return torch.rand((batch, *shape), generator=generator, dtype=torch.float32).to(dtype)
     return torch.randint(0, 2, (batch, *shape), generator=generator).to(dtype)
+
+
+def _golden_image(model_input: InputSpec, generator: torch.Generator, index: int) -> np.ndarray:
+    """A seeded picture (smooth gradients and noise, of a size the preprocessing must resize and
+    crop), PNG-encoded, then decoded and preprocessed as a worker does."""
+    from PIL import Image
+
+    from handlers.images import preprocess
+
+    settings = model_input.image
+    channels, height, width = model_input.shape
+    if settings.resize is not None or settings.center_crop is not None:
+        height, width = (height * 5 // 4 + index, width * 3 // 2)  # landscape, larger than the crop
+    noise = torch.rand((height, width, channels), generator=generator).numpy()
+    ramp = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    pixels = (255 * (0.6 * noise + 0.4 * ramp)).astype(np.uint8)
+    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, settings.mode)
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    return preprocess(encoded.getvalue(), model_input, "a golden image")
 
 
 def _mixed_lengths(spec: ModelSpec, batch: int, generator: torch.Generator) -> Tensors:

@@ -47,7 +47,7 @@ ASSETS = Path(__file__).resolve().parent / "bench_assets"
 WORKER_REPORT = REPO_ROOT / "handlers" / "worker_report.py"
 
 
-PARTS = ("build", "cold-start", "throughput", "protocols")
+PARTS = ("build", "cold-start", "throughput", "protocols", "images")
 RUNTIME_MODELS = ("digits", "resnet18")  # `mar bench --runtimes`
 
 
@@ -80,6 +80,9 @@ def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
                 results["protocols"] = _bench_protocols(config, root, throughput_s, concurrency,
                                                         repeats)
                 _print_protocols(results)
+            if "images" in parts and throughput_s > 0:
+                results["images"] = _bench_images(config, root, throughput_s, repeats)
+                _print_images(results)
         finally:
             stop_server(config, env=env)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -522,6 +525,75 @@ def _print_runtimes(model: str, rows: dict, concurrency: int) -> None:
               f"{row['build_s']:8.1f}")
 
 
+# ---- images: JPEG bodies into ResNet-18 ----
+
+STOCK_IMAGE_CLASSIFIER_BLOCKED = (
+    "TorchServe's stock image_classifier handler imports torchvision, and no torchvision imports "
+    "beside this project's torch==2.13.0 CPU build (PyPI's torchvision 0.28 links libtorch_cuda)")
+
+
+def _bench_images(config: ServerConfig, root: Path, seconds: float, rounds: int) -> dict:
+    """Decode + preprocess cost per 640x480 JPEG, and requests/s with p50/p99 for JPEG bodies
+    into ResNet-18 (model_defs/specs/resnet18_jpeg.yaml) at batch 8, one worker, 8 clients."""
+    from handlers.images import preprocess
+    from handlers.spec import load_spec
+    from model_defs import create_model
+
+    folder = root / "images"
+    folder.mkdir()
+    data = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "resnet18_jpeg.yaml").read_text())
+    torch.manual_seed(0)
+    torch.save(create_model(data["arch"], **data["params"]).state_dict(), folder / "weights.pt")
+    data.update(weights="weights.pt", serving={**data["serving"], "response_timeout_s": 600})
+    (folder / "spec.yaml").write_text(yaml.safe_dump(data))
+    archive = build_archive(folder / "spec.yaml", export_path=config.model_store).archive
+    jpeg = folder / "photo.jpg"
+    jpeg.write_bytes(_photo_jpeg())
+    model_input = load_spec(folder / "spec.yaml").input
+    preprocess(jpeg.read_bytes(), model_input, "warm-up")
+    started = time.perf_counter()
+    for _ in range(50):
+        preprocess(jpeg.read_bytes(), model_input, "bench")
+    per_image_ms = (time.perf_counter() - started) / 50 * 1000
+    client = TorchServeClient(config)
+    client.register(archive.name, initial_workers=1)
+    path = f"/predictions/{data['name']}"
+    try:
+        wrk_run(config, path, body=jpeg, level=8, seconds=min(seconds, 3), content_type="image/jpeg")
+        runs = [wrk_run(config, path, body=jpeg, level=8, seconds=seconds, content_type="image/jpeg")
+                for _ in range(rounds)]
+    finally:
+        client.unregister(data["name"])
+    return {"decode_preprocess_ms_per_image": per_image_ms, "jpeg_bytes": jpeg.stat().st_size,
+            "ours": _median_run(runs), "stock image_classifier": STOCK_IMAGE_CLASSIFIER_BLOCKED}
+
+
+def _photo_jpeg() -> bytes:
+    """A seeded 640x480 picture (gradients and noise), JPEG quality 90."""
+    import io
+
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(2)
+    noise = torch.rand((480, 640, 3), generator=generator).numpy()
+    ramp = torch.linspace(0, 1, 640).numpy()[None, :, None]
+    pixels = (255 * (0.5 * noise + 0.5 * ramp)).astype("uint8")
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def _print_images(results: dict) -> None:
+    images = results["images"]
+    row = images["ours"]
+    print(f"\nimages, ResNet-18, {images['jpeg_bytes']:,}-byte 640x480 JPEG bodies, batch 8, 1 worker, c=8")
+    print(f"  decode + preprocess (resize 256, crop 224, normalize): "
+          f"{images['decode_preprocess_ms_per_image']:.2f} ms per image")
+    print(f"  ours                   {row['requests_per_s']:8.1f} req/s  p50 {row['p50_ms']:7.1f} ms  "
+          f"p99 {row['p99_ms']:7.1f} ms  failed {row['failed']}")
+    print(f"  stock image_classifier not measured: {images['stock image_classifier']}")
+
+
 _WRK_SCRIPT = """
 wrk.method = "POST"
 local file = io.open(os.getenv("MAR_BENCH_BODY"), "rb")
@@ -625,23 +697,25 @@ def _print_cold_start(results: dict) -> None:
 
 def _print_throughput(results: dict) -> None:
     serving = results["throughput_serving"]
-    print(f"\nthroughput, demo digits CNN, batch {serving['batch_size']}, delay "
-          f"{serving['max_batch_delay_ms']} ms, 1 worker (ab -k)")
-    for level, variants in results["throughput"].items():
-        ceiling = variants["no-op ceiling"]["requests_per_s"]
-        for name, row in variants.items():
-            print(f"  c={level:<4} {name:<18} {row['requests_per_s']:8.0f} req/s  "
-                  f"p50 {row['p50_ms']:5.0f} ms  p99 {row['p99_ms']:5.0f} ms  "
-                  f"{row['requests_per_s'] / ceiling:5.2f}x ceiling  failed {row['failed']}")
+    _print_comparison(f"throughput, demo digits CNN, batch {serving['batch_size']}, delay "
+                      f"{serving['max_batch_delay_ms']} ms, 1 worker (ab -k)",
+                      results["throughput"], "no-op ceiling", "ceiling")
 
 
 def _print_protocols(results: dict) -> None:
     serving = results.get("throughput_serving") or _demo_serving()
-    print(f"\nprotocols, {PROTOCOL_WIDTH} floats in and out per request, Open Inference Protocol, "
-          f"batch {serving['batch_size']}, delay {serving['max_batch_delay_ms']} ms, 1 worker (ab -k)")
-    for level, variants in results["protocols"].items():
-        json_rate = variants["JSON tensors"]["requests_per_s"]
+    _print_comparison(f"protocols, {PROTOCOL_WIDTH} floats in and out per request, Open Inference "
+                      f"Protocol, batch {serving['batch_size']}, delay "
+                      f"{serving['max_batch_delay_ms']} ms, 1 worker (wrk)",
+                      results["protocols"], "JSON tensors", "JSON")
+
+
+def _print_comparison(title: str, table: dict, reference: str, unit: str) -> None:
+    """Rows of variants per concurrency, each as a ratio to the `reference` variant's rate."""
+    print(f"\n{title}")
+    for level, variants in table.items():
+        base = variants[reference]["requests_per_s"]
         for name, row in variants.items():
-            print(f"  c={level:<4} {name:<16} {row['requests_per_s']:8.0f} req/s  "
+            print(f"  c={level:<4} {name:<18} {row['requests_per_s']:8.0f} req/s  "
                   f"p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  "
-                  f"{row['requests_per_s'] / json_rate:5.2f}x JSON  failed {row['failed']}")
+                  f"{row['requests_per_s'] / base:5.2f}x {unit}  failed {row['failed']}")

@@ -350,8 +350,9 @@ def _add_bench(commands) -> None:
     sub.add_argument("--throughput-seconds", type=float, default=20,
                      help="ab run length per concurrency; 0 skips the throughput part")
     sub.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
-    sub.add_argument("--parts", nargs="+", choices=["build", "cold-start", "throughput", "protocols"],
-                     default=["build", "cold-start", "throughput", "protocols"])
+    sub.add_argument("--parts", nargs="+",
+                     choices=["build", "cold-start", "throughput", "protocols", "images"],
+                     default=["build", "cold-start", "throughput", "protocols", "images"])
     sub.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
     sub.add_argument("--runtimes", nargs="*", metavar="RUNTIME",
                      choices=["eager", "torchscript", "onnx", "aoti"],

@@ -78,10 +78,10 @@ class TorchServeClient:
             return f"HTTP {response.status}"
 
     def predict(self, name: str, body: bytes, *, version: str | None = None,
-                check: bool = True) -> Response:
+                content_type: str = "application/json", check: bool = True) -> Response:
         path = f"/predictions/{quote(name)}" + (f"/{quote(version)}" if version else "")
         response = self._call("POST", self.config.inference_url + path, key_kind="inference",
-                              body=body, content_type="application/json")
+                              body=body, content_type=content_type)
         return _checked(response, f"predicting with {name} {version or ''}".rstrip(), check)
 
     # ---- management API ----
