@@ -143,8 +143,8 @@ class InputCodec:
 
     def _from_bytes(self, model_input: InputSpec, data: bytes, what: str) -> np.ndarray:
         """Raw little-endian values of the input's dtype; one dynamic dimension is inferred."""
-        dtype = parse_dtype(model_input) if not model_input.dtype.startswith("float") else \
-            np.dtype(model_input.dtype if model_input.dtype != "bfloat16" else "float32")
+        # the declared dtype's values (numpy has no bfloat16: those come as float32)
+        dtype = np.dtype({"bfloat16": "float32"}.get(model_input.dtype, model_input.dtype))
         if len(data) % dtype.itemsize:
             raise RequestError(f"{what} holds {len(data)} bytes, not a whole number of "
                                f"{dtype} values")
