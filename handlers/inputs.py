@@ -69,8 +69,9 @@ class InputCodec:
         """One input's samples: an (n, ...) array, or a list of arrays of different lengths."""
         what = label or f"input `{model_input.name}`"
         rows = self._rows(model_input, value, what, batched)
-        for row in rows:
-            self._check_shape(model_input, row.shape, what)
+        # one array: one shape for all its rows; a list: each sample its own
+        for shape in [rows.shape[1:]] if isinstance(rows, np.ndarray) else [r.shape for r in rows]:
+            self._check_shape(model_input, shape, what)
         return rows
 
     def describe(self) -> str:

@@ -93,9 +93,6 @@ class IOSpec:
     top_k: int | None = None
     label_output: str | None = None  # the output labels apply to (default: the first)
 
-    def input_named(self, name: str) -> InputSpec:
-        return next(i for i in self.inputs if i.name == name)
-
     @property
     def classified_output(self) -> str | None:
         if self.labels is None:

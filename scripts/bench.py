@@ -48,7 +48,6 @@ WORKER_REPORT = REPO_ROOT / "handlers" / "worker_report.py"
 
 
 PARTS = ("build", "cold-start", "throughput", "protocols", "images")
-RUNTIME_MODELS = ("digits", "resnet18")  # `mar bench --runtimes`
 
 
 def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
@@ -232,18 +231,21 @@ def _spec_copy(model: dict, root: Path, name: str) -> Path:
     return path
 
 
-def cold_start(config: ServerConfig, name: str, url: str, probe: bytes, *,
-               keep: bool = False) -> dict:
-    """Seconds from the register call to the first 200, and the worker's memory growth over the
-    weights (from its report line); unregisters the model afterwards unless `keep`."""
+def cold_start(config: ServerConfig, name: str, url: str, probe: bytes, *, keep: bool = False,
+               v2_json_length: int | None = None) -> dict:
+    """Seconds from the register call to the first 200 for `probe` (a JSON prediction, or a binary
+    v2 request whose JSON header is `v2_json_length` bytes), and the worker's report line with its
+    memory growth over the weights; unregisters the model afterwards unless `keep`."""
     client = TorchServeClient(config)
     log = ModelLog(config.model_log)
+    send = (lambda: client.predict(name, probe, check=False)) if v2_json_length is None else \
+        (lambda: client.infer_v2(name, probe, json_length=v2_json_length, check=False))
     # Write back what earlier steps left dirty (GiBs of archives), or the kernel throttles this
     # run's unpacking to flush it and the time lands on whichever variant comes next.
     os.sync()
     started = time.perf_counter()
     client.register(url, initial_workers=1)
-    while (answer := client.predict(name, probe, check=False)).status != 200:
+    while (answer := send()).status != 200:
         if time.perf_counter() - started > 600:
             raise MarError(f"bench: {name} never answered: HTTP {answer.status} {answer.message}")
         time.sleep(0.01)
@@ -450,7 +452,8 @@ def _bench_model_runtimes(config: ServerConfig, root: Path, model: str, runtimes
             if "refused" in row:
                 continue
             name = f"{model}_{runtime}"
-            row["cold_s"].append(_cold_start_binary(config, name, probe, header))
+            row["cold_s"].append(cold_start(config, name, f"{name}-1.0.mar", probe, keep=True,
+                                            v2_json_length=header)["seconds"])
             path = f"/v2/models/{name}/infer"
             headers = {"Inference-Header-Content-Length": str(header)}
             wrk_run(config, path, body=body, level=concurrency, seconds=min(seconds, 3),
@@ -483,30 +486,6 @@ def _binary_request(folder: Path, shape: list[int]) -> tuple[Path, int]:
     body = folder / "request.bin"
     body.write_bytes(header + values.astype("<f4").tobytes())
     return body, len(header)
-
-
-def _cold_start_binary(config: ServerConfig, name: str, body: bytes, header: int) -> float:
-    """Seconds from the register call to the first 200 for a binary v2 request."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    client = TorchServeClient(config)
-    os.sync()
-    started = time.perf_counter()
-    client.register(f"{name}-1.0.mar", initial_workers=1)
-    url = urlsplit(config.inference_url)
-    while True:
-        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
-        connection.request("POST", f"/v2/models/{name}/infer", body, {
-            "Inference-Header-Content-Length": str(header), "Content-Type": "application/octet-stream",
-            "Authorization": f"Bearer {config.key('inference')}"})
-        status = connection.getresponse().status
-        connection.close()
-        if status == 200:
-            return time.perf_counter() - started
-        if time.perf_counter() - started > 600:
-            raise MarError(f"bench: {name} never answered (HTTP {status})")
-        time.sleep(0.01)
 
 
 def _print_runtimes(model: str, rows: dict, concurrency: int) -> None:
@@ -633,14 +612,8 @@ def _drain(config: ServerConfig, path: str, body: bytes, headers: dict[str, str]
     """Wait until TorchServe has worked off what the load left queued: it keeps the jobs of
     connections wrk closed, and the next run would meet them (503s at job_queue_size). Its queue
     is first in, first out, so once one more request is answered, the backlog is gone."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    url = urlsplit(config.inference_url)
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
-    connection.request("POST", path, body, headers)
-    connection.getresponse().read()
-    connection.close()
+    extra = {k: v for k, v in headers.items() if k not in ("Content-Type", "Authorization")}
+    TorchServeClient(config).post(path, body, content_type=headers["Content-Type"], headers=extra)
 
 
 def ab_run(config: ServerConfig, name: str, body: Path, level: int, seconds: float) -> dict:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from handlers.errors import MarError
-from handlers.spec import check_worker_range
+from handlers.spec import RUNTIMES, check_worker_range
 from scripts.config import DEFAULT_CONFIG, read_config
 
 __all__ = ["main", "build_parser"]
@@ -354,12 +354,11 @@ def _add_bench(commands) -> None:
                      choices=["build", "cold-start", "throughput", "protocols", "images"],
                      default=["build", "cold-start", "throughput", "protocols", "images"])
     sub.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
-    sub.add_argument("--runtimes", nargs="*", metavar="RUNTIME",
-                     choices=["eager", "torchscript", "onnx", "aoti"],
+    sub.add_argument("--runtimes", nargs="*", metavar="RUNTIME", choices=RUNTIMES,
                      help="instead: compare serving runtimes (all when none are named) on "
                      "--runtime-models, at the models' spec batching")
     sub.add_argument("--runtime-models", nargs="+", default=["digits", "resnet18"],
-                     choices=["digits", "resnet18"])
+                     choices=["digits", "resnet18"], help="models the runtimes are compared on")
 
 
 def _cmd_bench(args) -> int:
@@ -367,7 +366,7 @@ def _cmd_bench(args) -> int:
 
     if args.runtimes is not None:
         run_runtimes_bench(models=tuple(args.runtime_models),
-                           runtimes=tuple(args.runtimes or ["eager", "torchscript", "onnx", "aoti"]),
+                           runtimes=tuple(args.runtimes or RUNTIMES),
                            seconds=args.throughput_seconds, concurrency=max(args.concurrency),
                            repeats=args.repeats, out=args.out.with_name("runtimes.json"))
         return 0

@@ -80,9 +80,24 @@ class TorchServeClient:
     def predict(self, name: str, body: bytes, *, version: str | None = None,
                 content_type: str = "application/json", check: bool = True) -> Response:
         path = f"/predictions/{quote(name)}" + (f"/{quote(version)}" if version else "")
-        response = self._call("POST", self.config.inference_url + path, key_kind="inference",
-                              body=body, content_type=content_type)
+        response = self.post(path, body, content_type=content_type)
         return _checked(response, f"predicting with {name} {version or ''}".rstrip(), check)
+
+    def infer_v2(self, name: str, body: bytes, *, json_length: int | None = None,
+                 check: bool = True) -> Response:
+        """The Open Inference Protocol's /v2/models/<name>/infer: JSON, or the binary extension
+        when `json_length` says where the JSON header ends."""
+        binary = json_length is not None
+        response = self.post(f"/v2/models/{quote(name)}/infer", body,
+                             content_type="application/octet-stream" if binary else "application/json",
+                             headers={"Inference-Header-Content-Length": str(json_length)} if binary else None)
+        return _checked(response, f"inferring with {name}", check)
+
+    def post(self, path: str, body: bytes, *, content_type: str,
+             headers: dict[str, str] | None = None) -> Response:
+        """POST to the inference API (its answer, whatever the status)."""
+        return self._call("POST", self.config.inference_url + path, key_kind="inference", body=body,
+                          content_type=content_type, headers=headers)
 
     # ---- management API ----
     def register(self, url: str, *, serving: ServingSpec | None = None,
@@ -165,15 +180,16 @@ class TorchServeClient:
 
     # ---- transport ----
     def _call(self, method: str, url: str, *, key_kind: str, body: bytes | None = None,
-              content_type: str | None = None, timeout_s: float | None = None) -> Response:
+              content_type: str | None = None, headers: dict[str, str] | None = None,
+              timeout_s: float | None = None) -> Response:
         timeout = timeout_s or self.timeout_s
         try:
             response = self._send(method, url, key=self.config.key(key_kind), body=body,
-                                  content_type=content_type, timeout=timeout)
+                                  content_type=content_type, headers=headers, timeout=timeout)
             if _token_refused(response):
                 self._renew(key_kind)
                 response = self._send(method, url, key=self.config.key(key_kind), body=body,
-                                      content_type=content_type, timeout=timeout)
+                                      content_type=content_type, headers=headers, timeout=timeout)
             return response
         except OSError as err:
             if body is not None and len(body) > 1_000_000 and isinstance(
@@ -196,8 +212,9 @@ class TorchServeClient:
 
     @staticmethod
     def _send(method: str, url: str, *, key: str | None, body: bytes | None = None,
-              content_type: str | None = None, timeout: float) -> Response:
-        request = urllib.request.Request(url, data=body, method=method)
+              content_type: str | None = None, headers: dict[str, str] | None = None,
+              timeout: float) -> Response:
+        request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
         if key:
             request.add_header("Authorization", f"Bearer {key}")
         if content_type:

@@ -21,11 +21,10 @@ import torch
 import yaml
 
 from handlers.errors import MarError
-from scripts.bench import (_binary_request, _cold_start_binary, make_bench_model, wrk_run)
+from scripts.bench import _binary_request, cold_start, make_bench_model, wrk_run
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.config import DEMO_SPEC, REPO_ROOT, private_env, read_config, write_private_config
-from scripts.model_log import ModelLog
 from scripts.server import start_server, stop_server
 
 BATCH_SIZE = 16
@@ -119,12 +118,12 @@ def _row(config, root: Path, label: str, data: dict, shape: list[int], precision
     folder = root / name
     folder.mkdir()
     body, header = _binary_request(folder, shape)
-    log = ModelLog(config.model_log)
     try:
-        row["cold_start_s"] = _cold_start_binary(config, name, body.read_bytes(), header)
+        started = cold_start(config, name, f"{name}-1.0.mar", body.read_bytes(), keep=True,
+                             v2_json_length=header)
     except MarError as err:
         return {**row, "refused": f"worker: {err}"}
-    report = next((r for r in reversed(log.worker_reports()) if r.model == name), None)
+    row["cold_start_s"], report = started["seconds"], started["report"]
     client = TorchServeClient(config)
     if args.workers > 1:
         client.scale(name, None, min_workers=args.workers, max_workers=args.workers)
