@@ -1,12 +1,13 @@
 # The two set-up commands: `make demo` and `make test`. Both create .venv when it is missing.
 # `make test-fast`: the in-process unit tests only (under a minute), for the edit-test loop.
+# `make fuzz`: the request-path fuzzer with 3000 examples per input kind.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
 KSERVE_VENV ?= .venv-kserve
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast fuzz clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +35,11 @@ test: setup $(KSERVE_VENV)/.installed
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not integration"
+
+# The request-path fuzzer at length (make test runs it for a few seconds): FUZZ_EXAMPLES per input kind.
+FUZZ_EXAMPLES ?= 3000
+fuzz: setup
+	MAR_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/unit/test_fuzz.py
 
 clean:
 	rm -rf artifacts logs key_file.json model_store/*.mar model_store/*-*/

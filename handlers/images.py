@@ -2,8 +2,8 @@
 golden batch (from encoded images) and by every worker.
 
 Decoding is Pillow's, with every limit checked before pixels are decoded: the encoded size
-(`max_bytes`), the format (`formats`), and the width x height in the header (`max_pixels`,
-against decompression bombs). Preprocessing follows torchvision's transforms on PIL images, the
+(`max_bytes`), the format (`formats`: only those plugins run), and the width x height in the header
+(`max_pixels`, against decompression bombs, whatever Pillow's own check says). Preprocessing follows torchvision's transforms on PIL images, the
 path TorchServe's stock image classifier takes: Resize(int) (the shorter side, bilinear), then
 CenterCrop(int) (padding with black where the image is smaller), ToTensor (x `scale`), Normalize.
 Without `resize` or `center_crop` an image must already have the input's size.
@@ -12,47 +12,79 @@ Without `resize` or `center_crop` an image must already have the input's size.
 from __future__ import annotations
 
 import io
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
 from handlers.errors import RequestError
-from handlers.io_spec import InputSpec
+from handlers.io_spec import ImageSpec, InputSpec
 
 __all__ = ["preprocess", "FORMAT_NAMES", "CONTENT_TYPES"]
 
 FORMAT_NAMES = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}  # Pillow's names -> the spec's
+_PILLOW_NAMES = {spec_name: pillow for pillow, spec_name in FORMAT_NAMES.items()}
 CONTENT_TYPES = {"image/jpeg": "jpeg", "image/jpg": "jpeg", "image/png": "png", "image/webp": "webp"}
 
 
 def preprocess(data: bytes, model_input: InputSpec, what: str) -> np.ndarray:
     """One encoded image as the input's (channels, height, width) array. Raises RequestError
     naming the rule it breaks."""
-    from PIL import Image, UnidentifiedImageError
-
     settings = model_input.image
     if not data:
         raise RequestError(f"{what} is empty; send a {'/'.join(settings.formats).upper()} image")
     if len(data) > settings.max_bytes:
         raise RequestError(f"{what} is {len(data):,} bytes, over the limit of "
                            f"{settings.max_bytes:,} (the spec's image.max_bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind = FORMAT_NAMES.get(image.format or "")
-            if kind not in settings.formats:
-                raise RequestError(f"{what} is {image.format or 'an unknown'} format; this model "
-                                   f"takes {', '.join(settings.formats)} (image.formats)")
-            width, height = image.size
-            if width * height > settings.max_pixels:
-                raise RequestError(f"{what} is {width}x{height} = {width * height:,} pixels, over "
-                                   f"the limit of {settings.max_pixels:,} (image.max_pixels)")
+    with _opened(data, settings, what) as image:
+        try:
             image.load()
-            return _tensor(_cropped(_resized(image.convert(settings.mode), settings), settings,
-                                    model_input, what), model_input)
+            pixels = _cropped(_resized(image.convert(settings.mode), settings), settings,
+                              model_input, what)
+        except RequestError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoder failure on these bytes is theirs
+            raise _corrupt(what, err) from None
+    return _tensor(pixels, model_input)
+
+
+@contextmanager
+def _opened(data: bytes, settings: ImageSpec, what: str):
+    """The image with its header read and checked (format, width x height), pixels not decoded.
+
+    Only the plugins of the spec's formats are tried: every other decoder Pillow carries is code
+    an attacker could choose to run. Pillow's own bomb check uses the spec's max_pixels (a
+    module setting; a worker decodes one image at a time), so whichever check fires, the answer
+    is the same 400.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below
+            image = Image.open(io.BytesIO(data), formats=[_PILLOW_NAMES[f] for f in settings.formats])
+    except Image.DecompressionBombError as err:  # over twice the limit: Pillow's figure
+        raise RequestError(f"{what} is over the limit of {settings.max_pixels:,} pixels "
+                           f"(image.max_pixels; {err}); send a smaller image") from None
     except UnidentifiedImageError:
-        raise RequestError(f"{what} is not an image Pillow can read; send "
-                           f"{', '.join(settings.formats)}") from None
-    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
-        raise RequestError(f"{what} is a corrupt or truncated image ({err})") from None
+        raise RequestError(f"{what} is not a readable {', '.join(settings.formats)} image (the "
+                           "formats this model takes, image.formats): another format, or corrupt "
+                           "or truncated; send one of those formats") from None
+    except Exception as err:  # noqa: BLE001 - a header no plugin expected
+        raise _corrupt(what, err) from None
+    with image:
+        width, height = image.size
+        if width * height > settings.max_pixels:
+            raise RequestError(f"{what} is {width}x{height} = {width * height:,} pixels, over "
+                               f"the limit of {settings.max_pixels:,} (image.max_pixels); send a "
+                               "smaller image")
+        yield image
+
+
+def _corrupt(what: str, err: Exception) -> RequestError:
+    return RequestError(f"{what} is a corrupt or truncated image ({type(err).__name__}: "
+                        f"{str(err)[:200]})")
 
 
 def _resized(image, settings):

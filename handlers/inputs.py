@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ class InputCodec:
         self.mask = spec.io.attention_mask
         self.tokenizer = _load_tokenizer(spec, files_dir) if spec.io.tokenizer else None
         self.text_input = spec.io.tokenizer.input if spec.io.tokenizer else None
+        self.text_chars = text_char_limit(self.tokenizer, self.inputs[self.text_input].max[0]) \
+            if self.tokenizer else None
+        self.byte_limits = {name: self._byte_limit(i) for name, i in self.inputs.items()}
 
     # ---- a request's values ----
 
@@ -72,6 +76,9 @@ class InputCodec:
         # one array: one shape for all its rows; a list: each sample its own
         for shape in [rows.shape[1:]] if isinstance(rows, np.ndarray) else [r.shape for r in rows]:
             self._check_shape(model_input, shape, what)
+        if model_input.type == "tensor" and parse_dtype(model_input).kind == "f" and not all(
+                np.isfinite(r).all() for r in ([rows] if isinstance(rows, np.ndarray) else rows)):
+            raise RequestError(f"{what} holds NaN or infinity; send finite numbers")
         return rows
 
     def describe(self) -> str:
@@ -94,14 +101,16 @@ class InputCodec:
         if model_input.type == "image" and (_is_binary(value) or isinstance(value, list) and value
                                             and all(_is_binary(v) for v in value)):
             images = value if isinstance(value, list) else [value]
-            return [preprocess(_binary(image, what), model_input, what) for image in images]
+            return [preprocess(self._binary(model_input, image, what), model_input, what)
+                    for image in images]
         if self._is_text(model_input, value):
             texts = [value] if isinstance(value, (str, bytes, dict)) else value
             return [self._tokenize(self._text(t, what), what) for t in texts]
         if _is_binary(value):
-            return [self._from_bytes(model_input, _binary(value, what), what)]
+            return [self._from_bytes(model_input, self._binary(model_input, value, what), what)]
         if isinstance(value, list) and value and all(_is_binary(v) for v in value):
-            return [self._from_bytes(model_input, _binary(v, what), what) for v in value]
+            return [self._from_bytes(model_input, self._binary(model_input, v, what), what)
+                    for v in value]
         try:
             array = np.asarray(value, dtype=parse_dtype(model_input))
         except (TypeError, ValueError, OverflowError) as err:
@@ -144,17 +153,17 @@ class InputCodec:
 
     def _from_bytes(self, model_input: InputSpec, data: bytes, what: str) -> np.ndarray:
         """Raw little-endian values of the input's dtype; one dynamic dimension is inferred."""
-        # the declared dtype's values (numpy has no bfloat16: those come as float32)
-        dtype = np.dtype({"bfloat16": "float32"}.get(model_input.dtype, model_input.dtype))
+        dtype = _raw_dtype(model_input)
         if len(data) % dtype.itemsize:
             raise RequestError(f"{what} holds {len(data)} bytes, not a whole number of "
                                f"{dtype} values")
         flat = np.frombuffer(data, dtype=dtype.newbyteorder("<"))
-        fixed = int(np.prod([d for d in model_input.shape if d is not None], dtype=np.int64))
-        if len(model_input.dynamic) > 1 or flat.size % max(fixed, 1):
+        fixed = math.prod(d for d in model_input.shape if d is not None)
+        whole = flat.size == fixed if not model_input.dynamic else flat.size and not flat.size % fixed
+        if len(model_input.dynamic) > 1 or not whole:
             raise RequestError(f"{what}: {flat.size} {dtype} values do not make a sample of shape "
                                f"{list(model_input.shape)}")
-        shape = [flat.size // max(fixed, 1) if d is None else d for d in model_input.shape]
+        shape = [flat.size // fixed if d is None else d for d in model_input.shape]
         return flat.reshape(shape).astype(parse_dtype(model_input), copy=False)
 
     # ---- text ----
@@ -169,15 +178,50 @@ class InputCodec:
         if isinstance(value, str):
             return value
         try:
-            return _binary(value, what).decode("utf-8")
+            return self._binary(self.inputs[self.text_input], value, what).decode("utf-8")
         except UnicodeDecodeError as err:
             raise RequestError(f"{what} is not UTF-8 text ({err}); send text as a JSON string or "
                                "UTF-8 bytes") from None
 
     def _tokenize(self, text: str, what: str) -> np.ndarray:
+        """Token ids, for a text no longer than `max` tokens can need (checked first: tokenizing
+        costs about a second per MB)."""
+        if len(text) > self.text_chars:
+            raise RequestError(f"{what} is {len(text):,} characters, more than its max of "
+                               f"{self.inputs[self.text_input].max[0]} tokens can hold with this "
+                               f"tokenizer (at most {self.text_chars:,} characters); send a "
+                               "shorter text")
         settings = self.spec.io.tokenizer
         ids = self.tokenizer.encode(text, add_special_tokens=settings.add_special_tokens).ids
         return np.asarray(ids, dtype=parse_dtype(self.inputs[settings.input]))
+
+    # ---- limits before work ----
+
+    def _byte_limit(self, model_input: InputSpec) -> int:
+        """The most bytes one encoded sample of the input can need: an image's max_bytes, a
+        text's characters in UTF-8, a tensor's largest sample in raw values."""
+        if model_input.type == "image":
+            return model_input.image.max_bytes
+        if model_input.name == self.text_input:
+            return 4 * self.text_chars
+        return math.prod(model_input.max_shape) * max(parse_dtype(model_input).itemsize,
+                                                      np.dtype(_raw_dtype(model_input)).itemsize)
+
+    def _binary(self, model_input: InputSpec, value: Any, what: str) -> bytes:
+        """Raw bytes, or base64 decoded; either refused before any work when longer than one
+        sample of the input can need."""
+        limit = self.byte_limits[model_input.name]
+        raw = isinstance(value, (bytes, bytearray))
+        encoded = value if raw else value.get("b64")
+        if isinstance(encoded, str) and not raw:
+            limit_encoded, unit = (limit + 2) // 3 * 4 + 4, "base64 characters"
+        else:
+            limit_encoded, unit = limit, "bytes"
+        if isinstance(encoded, (str, bytes, bytearray)) and len(encoded) > limit_encoded:
+            raise RequestError(f"{what} is {len(encoded):,} {unit}, more than one sample of "
+                               f"`{model_input.name}` can need ({limit_encoded:,}); send one "
+                               "sample per value")
+        return _binary(value, what)
 
     # ---- the request as a whole ----
 
@@ -200,6 +244,20 @@ class InputCodec:
         model_input = self.inputs[source]
         shapes = [tuple(row.shape[d] for d in model_input.dynamic) for row in rows]
         return [np.ones(_fill(mask.shape, lengths), dtype=parse_dtype(mask)) for lengths in shapes]
+
+
+def text_char_limit(tokenizer, max_tokens: int) -> int:
+    """The longest text `max_tokens` tokens can need: each token at most the vocabulary's longest
+    token, with as many characters again for the spaces and punctuation between them. A longer
+    text is refused before tokenizing (a word the vocabulary lacks is one [UNK] however long)."""
+    longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+    return (max_tokens + 1) * 2 * (longest + 1)
+
+
+def _raw_dtype(model_input: InputSpec) -> np.dtype:
+    """The values raw bytes hold: the declared dtype (numpy has no bfloat16: those come as
+    float32)."""
+    return np.dtype({"bfloat16": "float32"}.get(model_input.dtype, model_input.dtype))
 
 
 def _fill(shape: tuple[int | None, ...], lengths: tuple[int, ...]) -> list[int]:

@@ -6,8 +6,10 @@ the model from those files alone, loads the state_dict on the GPU TorchServe ass
 and then answers requests in the protocols of handlers/protocols.py: ours (`{"inputs": ...}`, JSON
 or multipart), KServe v1 and the Open Inference Protocol (KServe v2, JSON or binary tensors).
 
-A malformed request gets HTTP 400 with a message naming the input and the rule; the other requests
-batched with it are answered normally and the worker keeps serving.
+A malformed request gets HTTP 400 with a message naming the input and the rule; anything
+unforeseen while handling one request is that request's own 500, with an error id in the log
+(handlers/guard.py). The other requests batched with it are answered normally and the worker keeps
+serving.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from handlers.batching import Batch, Batcher
 from handlers.device import input_dtype
-from handlers.errors import RequestError
+from handlers.guard import Refusal, batch_failure, guarded
 from handlers.inputs import InputCodec
 from handlers.metrics import BatchClock, HandlerMetrics
 from handlers.protocols import Answer, Decoded, Protocols, error_reply
@@ -81,12 +83,13 @@ class ModelHandler:
     def handle(self, requests: list[dict], context) -> list[bytes]:
         """Answer one TorchServe batch: a response body per request, in order."""
         clock = BatchClock()
-        decoded = [self._decode_or_error(request, context, idx) for idx, request in enumerate(requests)]
+        decoded = [guarded(lambda: self.decode_request(request, _headers(context, idx)), "decoding")
+                   for idx, request in enumerate(requests)]
         accepted = [d for d in decoded if isinstance(d, Decoded)]
         clock.lap("decode")
         answers = iter(self._answers(accepted))
         clock.lap("predict")
-        bodies = [self.encode_response(d, next(answers) if isinstance(d, Decoded) else None, idx,
+        bodies = [self.encode_response(d, next(answers) if isinstance(d, Decoded) else d, idx,
                                        context) for idx, d in enumerate(decoded)]
         clock.lap("encode")
         self._metrics.record(clock, requests=len(requests), errors=len(requests) - len(accepted),
@@ -95,7 +98,8 @@ class ModelHandler:
         return bodies
 
     def decode_request(self, request: dict, headers: dict[str, Any] | None = None) -> Decoded:
-        """One request's samples, with the way to answer it in its protocol. Raises RequestError."""
+        """One request's samples, with the way to answer it in its protocol. Raises RequestError
+        (and, for a bug or a library's surprise, anything: handle() guards each request)."""
         return self._protocols.decode(request, headers or {})
 
     def batch(self, accepted: list[Decoded]) -> list[Batch]:
@@ -112,25 +116,30 @@ class ModelHandler:
         rows = self._batcher.split(batches, outputs, len(accepted))
         return [Answer(request_rows, self._predictions(request_rows)) for request_rows in rows]
 
-    def encode_response(self, request: Decoded | RequestError, answer: Answer | None, idx: int,
+    def encode_response(self, request: Decoded | Refusal, answer: Answer | Refusal, idx: int,
                         context) -> bytes:
-        """The answer in the request's protocol; a RequestError becomes this request's HTTP 400
-        (its batch neighbours are unaffected)."""
-        if isinstance(request, RequestError):
-            context.set_response_status(400, str(request), idx)
-            reply = error_reply(str(request))
-        else:
-            reply = request.encode(answer)
+        """The answer in the request's protocol, or the request's refusal (its 400 or 500) in
+        TorchServe's error shape; its batch neighbours are unaffected."""
+        reply = answer if isinstance(answer, Refusal) else guarded(lambda: request.encode(answer),
+                                                                   "encoding the answer to")
+        if isinstance(reply, Refusal):
+            context.set_response_status(reply.status, reply.message, idx)
+            reply = error_reply(reply.status, reply.message)
         context.set_response_content_type(idx, reply.content_type)
         for key, value in reply.headers.items():
             context.set_response_header(idx, key, value)
         return reply.body
 
-    def _answers(self, accepted: list[Decoded]) -> list[Answer]:
+    def _answers(self, accepted: list[Decoded]) -> list[Answer] | list[Refusal]:
+        """An Answer per accepted request, or, when the shared forward pass fails, the same 500
+        for each."""
         if not accepted:
             return []
-        batches = self.batch(accepted)
-        return self.unbatch(batches, [self.predict(batch) for batch in batches], accepted)
+        try:
+            batches = self.batch(accepted)
+            return self.unbatch(batches, [self.predict(batch) for batch in batches], accepted)
+        except Exception as err:  # noqa: BLE001 - answered as a clear 500 per request, not a 503
+            return [batch_failure(err)] * len(accepted)
 
     def _adopt(self, loaded: ArchiveModel, files_dir: Path) -> None:
         from model_defs import create_processor
@@ -140,12 +149,6 @@ class ModelHandler:
         self._protocols = Protocols(self.spec, InputCodec(self.spec, files_dir), processor)
         dtypes = {i.name: input_dtype(self.spec, i) for i in self.spec.inputs}
         self._batcher = Batcher(self.spec, loaded.device, dtypes)
-
-    def _decode_or_error(self, request: dict, context, idx: int) -> Decoded | RequestError:
-        try:
-            return self.decode_request(request, _headers(context, idx))
-        except RequestError as err:
-            return err
 
     def _predictions(self, rows: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Label, probability and class probabilities (the top `top_k`, or all) per sample of the

@@ -18,6 +18,7 @@ without saying which was called, so the body tells them apart: a list of tensor 
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,9 +62,13 @@ class Decoded:
     encode: Callable[[Answer], Reply]  # its answer in its own protocol
 
 
-def error_reply(message: str) -> Reply:
-    """The 400 body: TorchServe's error shape, plus `error`, which KServe's clients read."""
-    return _json({"code": 400, "type": "BadRequest", "message": message, "error": message})
+_ERROR_TYPES = {400: "BadRequest", 500: "InternalServerError"}
+
+
+def error_reply(status: int, message: str) -> Reply:
+    """An error body: TorchServe's error shape, plus `error`, which KServe's clients read."""
+    return _json({"code": status, "type": _ERROR_TYPES[status], "message": message,
+                  "error": message})
 
 
 class Protocols:
@@ -139,6 +144,10 @@ class Protocols:
         return self.codec.parts(values, label=label, batched=batched)
 
     def _multipart(self, fields: dict[str, Any], headers: dict[str, Any]) -> Decoded:
+        if len(fields) > len(self.input_names):  # refused before any part is parsed
+            raise RequestError(f"the form has {len(fields)} parts; this model takes at most "
+                               f"{len(self.input_names)}, one per input "
+                               f"({', '.join(self.input_names)})")
         values = {}
         for name, value in fields.items():
             content_type = str((headers.get(name) or {}).get("content-type", "")).lower()
@@ -187,7 +196,10 @@ class Protocols:
 
     # ---- the Open Inference Protocol ----
 
-    def _oip(self, payload: dict, binary: bytes) -> Decoded:
+    def _oip(self, payload: Any, binary: bytes) -> Decoded:
+        if not isinstance(payload, dict):
+            raise RequestError(f"a v2 request is a JSON object, got {type(payload).__name__}")
+        _parameters(payload, "the request")
         tensors = payload.get("inputs")
         if not _is_oip(tensors):
             raise RequestError('a v2 request needs "inputs": a list of tensors with "name", '
@@ -207,7 +219,8 @@ class Protocols:
         name = tensor.get("name")
         if len(self.input_names) == 1 and isinstance(name, str):
             name = self.input_names[0]  # one input: any tensor name will do (e.g. "input-0")
-        if name not in self.input_names and name != self.spec.io.attention_mask:
+        if not isinstance(name, str) or (name not in self.input_names
+                                         and name != self.spec.io.attention_mask):
             raise RequestError(f"unknown input tensor {name!r}; this model takes "
                                f"{', '.join(self.input_names)}")
         shape, datatype = tensor.get("shape"), tensor.get("datatype")
@@ -215,7 +228,11 @@ class Protocols:
                                                 and d >= 0 for d in shape)):
             raise RequestError(f"input tensor {name!r} has shape {shape!r}; a shape is a list of "
                                "non-negative integers, e.g. [1, 1, 8, 8]")
-        size = tensor.get("parameters", {}).get("binary_data_size")
+        size = _parameters(tensor, f"input tensor {name!r}").get("binary_data_size")
+        if size is not None and not (isinstance(size, int) and not isinstance(size, bool)
+                                     and size >= 0):
+            raise RequestError(f"input tensor {name!r}: binary_data_size {size!r:.40} must be a "
+                               "whole number of bytes")
         model_input = next(i for i in self.spec.inputs if i.name == name)
         text = name == self.codec.text_input
         if datatype == "BYTES":
@@ -225,7 +242,7 @@ class Protocols:
                                    f"{model_input.dtype} numbers")
             items = _bytes_items(binary[offset:offset + size], name) if size is not None else \
                 tensor.get("data")
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)
             if not isinstance(items, list) or len(items) != count:
                 raise RequestError(f"input tensor {name!r} has {len(items) if isinstance(items, list) else 0} "
                                    f"strings but its shape {shape} holds {count}")
@@ -237,7 +254,7 @@ class Protocols:
 
     def _oip_encoder(self, payload: dict) -> Callable[[Answer], Reply]:
         requested = _requested(payload.get("outputs"), self._oip_names())
-        binary_default = bool((payload.get("parameters") or {}).get("binary_data_output"))
+        binary_default = bool(_parameters(payload, "the request").get("binary_data_output"))
         request_id = payload.get("id")
 
         def encode(answer: Answer) -> Reply:
@@ -323,6 +340,16 @@ def _part_value(name: str, value: Any, content_type: str) -> Any:
     return bytes(value)
 
 
+def _parameters(entry: dict, what: str) -> dict:
+    """An OIP object's `parameters`: a mapping when present."""
+    parameters = entry.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise RequestError(f"`parameters` of {what} must be a JSON object, got {parameters!r:.80}")
+    return parameters
+
+
 def _is_oip(inputs: Any) -> bool:
     return isinstance(inputs, list) and bool(inputs) and all(
         isinstance(tensor, dict) and "datatype" in tensor for tensor in inputs)
@@ -354,7 +381,7 @@ def _oip_array(tensor: dict, name: str, shape: list[int], datatype: Any, declare
         raise RequestError(f"input tensor {name!r} is {datatype} but `{name}` takes {declared} "
                            "values; send the datatype of its kind (FP32/FP16 for floats, INT64/"
                            "INT32 for integers, BOOL)")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)  # exact: numpy's int64 product wraps for huge declared shapes
     if size is not None:
         if size != count * dtype.itemsize or offset + size > len(binary):
             raise RequestError(f"input tensor {name!r}: binary_data_size {size} does not match its "
@@ -407,7 +434,8 @@ def _requested(outputs: Any, available: list[str]) -> dict[str, bool]:
     if unknown:
         raise RequestError(f"requested outputs {unknown} do not exist; this model answers "
                            f"{', '.join(available)}")
-    return {o["name"]: bool((o.get("parameters") or {}).get("binary_data")) for o in outputs}
+    return {o["name"]: bool(_parameters(o, f"output {o['name']!r}").get("binary_data"))
+            for o in outputs}
 
 
 def _oip_output(name: str, array: np.ndarray, chunks: list[bytes] | None) -> dict:

@@ -4,10 +4,13 @@ archive. Fixtures live in conftest.py files."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -76,3 +79,47 @@ def example_spec(folder: Path, name: str, **overrides) -> tuple[Path, torch.nn.M
     model = create_model(data["arch"], **data["params"]).eval()
     save_weights(model, folder / "weights.pt")
     return write_spec(folder, data, f"{name}.yaml"), model
+
+
+class InProcessHandler:
+    """An extracted archive served by our handler in this process, with TorchServe's own Context:
+    `send` answers a batch as a worker would."""
+
+    def __init__(self, folder: Path) -> None:
+        from handlers.model_handler import ModelHandler
+
+        self.folder = folder
+        self.handler = ModelHandler()
+        self.handler.initialize(self._context([{}]))
+
+    def _context(self, headers: list[dict]):
+        from ts.context import Context, RequestProcessor
+
+        context = Context("m", str(self.folder), {"model": {"modelVersion": "1.0"}}, len(headers),
+                          None, "0.12.0")
+        context.request_processor = [RequestProcessor(h) for h in headers]
+        return context
+
+    def send(self, requests: list[dict], headers: list[dict] | None = None) -> list[tuple]:
+        """(body, decoded when JSON; status; response headers) per request."""
+        headers = headers or [{} for _ in requests]
+        context = self._context(headers)
+        bodies = self.handler.handle(requests, context)
+        assert len(bodies) == len(requests), f"{len(bodies)} answers to {len(requests)} requests"
+        return [(json.loads(body) if context.get_response_content_type(i) == "application/json"
+                 else body, context.get_response_status(i)[0], context.get_response_headers(i))
+                for i, body in enumerate(bodies)]
+
+    def one(self, body, headers=None):
+        request = {"body": json.dumps(body).encode()} if isinstance(body, dict) else body
+        return self.send([request], [headers or {}])[0]
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares width x height: Pillow's bomb check fires on open."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))

@@ -12,10 +12,8 @@ from PIL import Image
 
 from handlers.images import preprocess
 from handlers.io_spec import ImageSpec, InputSpec
-from handlers.model_handler import ModelHandler
 from scripts.build import build_archive
-from tests.helpers import REPO_ROOT, save_weights, write_spec
-from ts.context import Context, RequestProcessor
+from tests.helpers import REPO_ROOT, InProcessHandler as Served, save_weights, write_spec
 import yaml
 
 DIGIT = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)  # a gradient, 0..252
@@ -26,24 +24,6 @@ def _encoded(pixels: np.ndarray, kind: str, mode: str = "L") -> bytes:
     options = {"lossless": True} if kind == "WEBP" else {"quality": 100} if kind == "JPEG" else {}
     Image.fromarray(pixels, mode).save(out, format=kind, **options)
     return out.getvalue()
-
-
-class Served:
-    def __init__(self, folder):
-        self.folder = folder
-        self.handler = ModelHandler()
-        self.handler.initialize(self._context([{}]))
-
-    def _context(self, headers):
-        context = Context("m", str(self.folder), {"model": {"modelVersion": "1.0"}}, len(headers),
-                          None, "0.12.0")
-        context.request_processor = [RequestProcessor(h) for h in headers]
-        return context
-
-    def send(self, requests, headers):
-        context = self._context(headers)
-        bodies = self.handler.handle(requests, context)
-        return [(json.loads(b), context.get_response_status(i)[0]) for i, b in enumerate(bodies)]
 
 
 def _raw(data: bytes, content_type: str | None):
@@ -79,18 +59,18 @@ def test_every_form_of_one_image_gets_the_eager_answer(digits_png):
                 ({"body": json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1],
                                                   "data": [b64]}]}).encode()}, {})]
     answers = digits_png.send([r for r, _ in requests], [h for _, h in requests])
-    assert [status for _, status in answers] == [200] * len(requests)
-    for body, _ in answers[:4]:
+    assert [status for _, status, _ in answers] == [200] * len(requests)
+    for body, _, _ in answers[:4]:
         assert torch.allclose(torch.tensor(body["outputs"][0]), expected, atol=1e-5)
     v1, v2 = answers[4][0], answers[5][0]
     assert len(v1["predictions"]) == 2 and "label" in v1["predictions"][0]
     assert np.allclose(v2["outputs"][0]["data"], expected.numpy(), atol=1e-5)
-    jpeg, _ = digits_png.send(*zip(_raw(_encoded(DIGIT, "JPEG"), "image/jpeg")))[0]
+    jpeg, _, _ = digits_png.send(*zip(_raw(_encoded(DIGIT, "JPEG"), "image/jpeg")))[0]
     assert torch.allclose(torch.tensor(jpeg["outputs"][0]), expected, atol=0.05)  # lossy, close
 
 
 BAD = {
-    "not an image": (b"just some bytes" * 20, "image/png", "not an image Pillow can read"),
+    "not an image": (b"just some bytes" * 20, "image/png", "is not a readable png, jpeg, webp image"),
     "corrupt": (b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "image/png", "corrupt or truncated image"),
     "truncated": (None, "image/png", "corrupt or truncated image"),
     "wrong content type": (None, "text/plain", "Content-Type text/plain is not an image type"),
@@ -98,7 +78,7 @@ BAD = {
     "over the pixel limit": ("big", "image/png", "over the limit of 1,000,000 (image.max_pixels)"),
     "unsupported format": ("gif", "image/gif", "Content-Type image/gif is not an image type"),
     "unsupported format named by a wrong type": ("gif", "image/png",
-                                                 "is GIF format; this model takes png, jpeg, webp"),
+                                                 "not a readable png, jpeg, webp image (the formats this model takes"),
     "empty body": (b"", "image/png", "is empty; send a PNG/JPEG/WEBP image"),
     "wrong size": ("small", "image/png", "is 4x4; this model takes 8x8 images"),
 }
@@ -130,7 +110,7 @@ def test_a_bad_image_is_a_400_and_its_neighbours_are_answered(digits_png, case):
         data = _encoded(noise, "PNG")[:-40]
     good = _raw(_encoded(DIGIT, "PNG"), "image/png")
     answers = digits_png.send([_raw(data, content_type)[0], good[0]], [_raw(data, content_type)[1], good[1]])
-    (bad, bad_status), (ok, ok_status) = answers
+    (bad, bad_status, _), (ok, ok_status, _) = answers
     assert bad_status == 400 and message in bad["message"], bad["message"]
     assert ok_status == 200 and "outputs" in ok
 

@@ -10,44 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from handlers.model_handler import ModelHandler
 from scripts.build import build_archive
-from tests.helpers import example_spec
-from ts.context import Context, RequestProcessor
+from tests.helpers import InProcessHandler as Served, example_spec
 
 TEXTS = ["the movie was good", "bad", "i really liked the plot and the acting but not the story",
          "fun"]
-
-
-def _context(folder, headers: list[dict]) -> Context:
-    context = Context("m", str(folder), {"model": {"modelVersion": "1.0"}}, len(headers), None,
-                      "0.12.0")
-    context.request_processor = [RequestProcessor(h) for h in headers]
-    return context
-
-
-class Served:
-    def __init__(self, folder):
-        self.folder = folder
-        self.handler = ModelHandler()
-        self.handler.initialize(_context(folder, [{}]))
-
-    def send(self, requests: list[dict], headers: list[dict] | None = None):
-        """Bodies (decoded when JSON), statuses and response headers, per request."""
-        headers = headers or [{} for _ in requests]
-        context = _context(self.folder, headers)
-        bodies = self.handler.handle(requests, context)
-        return [(self._body(b, context, i), context.get_response_status(i)[0],
-                 context.get_response_headers(i)) for i, b in enumerate(bodies)]
-
-    @staticmethod
-    def _body(body, context, idx):
-        if context.get_response_content_type(idx) == "application/json":
-            return json.loads(body)
-        return body
-
-    def one(self, body, headers=None):
-        return self.send([_json(body) if isinstance(body, dict) else body], [headers or {}])[0]
 
 
 def _json(payload) -> dict:

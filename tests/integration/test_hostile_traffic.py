@@ -1,0 +1,143 @@
+"""Hostile requests mixed into concurrent batches through a real TorchServe: every valid request
+gets its eager answer, every hostile one its own 4xx, and the worker that served them is the one
+that started.
+
+The first case is the report that opened this: a 194 KB-class PNG declaring 40000x40000 pixels,
+sent raw as image/png among 11 small JPEGs, used to fail most of its batch with 503.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from handlers.images import preprocess
+from handlers.spec import load_spec
+from model_defs import create_model
+from scripts.build import build_archive
+from scripts.client import TorchServeClient
+from scripts.manage import register_archive
+from tests.helpers import REPO_ROOT, example_spec, png_declaring, save_weights, write_spec
+
+MODEL = "digits_cnn_png"
+
+
+@pytest.fixture(scope="module")
+def served(torchserve, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    model = create_model("digits_cnn").eval()
+    save_weights(model, folder / "w.pt")
+    data = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn_png.yaml").read_text())
+    data["weights"] = "w.pt"
+    data["input"]["image"].update(resize=8, center_crop=8)
+    spec = write_spec(folder, data)
+    register_archive(torchserve.config, build_archive(spec, export_path=torchserve.config.model_store).archive)
+    client = TorchServeClient(torchserve.config)
+    yield client, model, load_spec(spec).inputs[0]
+    client.unregister(MODEL, check=False)
+
+
+def _jpeg(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (12 + seed, 20), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "L").save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def _eager(model, model_input, image: bytes) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(preprocess(image, model_input, "x"))[None])[0].numpy()
+
+
+def _send(client: TorchServeClient, request: tuple[bytes, dict]):
+    body, headers = request
+    content_type = headers.pop("Content-Type", "application/json") if headers else "application/json"
+    return client.post(f"/predictions/{MODEL}", body, content_type=content_type, headers=headers)
+
+
+def _worker_pids(client: TorchServeClient) -> set[int]:
+    return {w["pid"] for w in client.describe(MODEL)[0]["workers"]}
+
+
+def _hostile() -> dict[str, tuple[bytes, dict]]:
+    gif = io.BytesIO()
+    Image.new("L", (8, 8)).save(gif, format="GIF")
+    bomb = png_declaring(40_000, 40_000)
+    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2**32, 2**32],
+                                     "parameters": {"binary_data_size": "8"}}]}).encode()
+    return {
+        "40000x40000 png": (bomb, {"Content-Type": "image/png"}),
+        "bomb in b64": (json.dumps({"inputs": {"b64": base64.b64encode(bomb).decode()}}).encode(), {}),
+        "truncated jpeg": (_jpeg(0)[:200], {"Content-Type": "image/jpeg"}),
+        "gif": (gif.getvalue(), {"Content-Type": "image/png"}),
+        "random bytes": (np.random.default_rng(5).bytes(3000), {"Content-Type": "image/webp"}),
+        "deep json": (b"[" * 5000 + b"]" * 5000, {}),
+        "nan": (b'{"inputs": [NaN]}', {}),
+        "v2 huge shape": (header + b"\0" * 8, {"Content-Type": "application/octet-stream",
+                                              "Inference-Header-Content-Length": str(len(header))}),
+        "v2 header not json": (b"\xff" * 64, {"Content-Type": "application/octet-stream",
+                                              "Inference-Header-Content-Length": "32"}),
+    }
+
+
+def _check_round(client, model, model_input, requests: list[tuple[str, tuple[bytes, dict]]]) -> None:
+    valid = {name: _eager(model, model_input, body) for name, (body, _) in requests
+             if name.startswith("valid")}
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        answers = list(pool.map(lambda item: _send(client, (item[1][0], dict(item[1][1]))), requests))
+    for (name, _), answer in zip(requests, answers):
+        if name in valid:
+            assert answer.status == 200, (name, answer.status, answer.body[:300])
+            assert np.allclose(answer.json()["outputs"][0], valid[name], atol=1e-5), name
+        else:
+            assert answer.status != 500, f"{name}: an unforeseen 500, a bug to fix: {answer.body[:300]}"
+            assert 400 <= answer.status < 500, (name, answer.status, answer.body[:300])
+
+
+def test_the_40000_pixel_png_costs_its_neighbours_nothing(served):
+    client, model, model_input = served
+    pids = _worker_pids(client)
+    bomb = _hostile()["40000x40000 png"]
+    for _ in range(3):
+        requests = [("bomb", bomb)] + [(f"valid {i}", (_jpeg(i), {"Content-Type": "image/jpeg"}))
+                                       for i in range(11)]
+        _check_round(client, model, model_input, requests)
+    answer = _send(client, (bomb[0], dict(bomb[1])))
+    assert answer.status == 400 and "over the limit of 1,000,000 pixels" in answer.json()["message"]
+    assert _worker_pids(client) == pids
+
+
+def test_every_hostile_kind_mixed_into_concurrent_batches(served):
+    client, model, model_input = served
+    pids = _worker_pids(client)
+    hostile = list(_hostile().items())
+    for round_ in range(2):
+        requests = []
+        for i, item in enumerate(hostile):
+            requests += [item, (f"valid {round_}.{i}", (_jpeg(i + round_), {"Content-Type": "image/jpeg"}))]
+        _check_round(client, model, model_input, requests)
+    assert _worker_pids(client) == pids
+
+
+def test_five_megabytes_of_text_is_refused_before_tokenizing(torchserve, tmp_path):
+    spec, model = example_spec(tmp_path, "sentiment")
+    register_archive(torchserve.config, build_archive(spec, export_path=torchserve.config.model_store).archive)
+    client = TorchServeClient(torchserve.config)
+    try:
+        texts = ["the movie was good", "bad", "fun plot", "x " * 2_500_000]
+        bodies = [json.dumps({"inputs": {"input_ids": t}}).encode() for t in texts]
+        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            answers = list(pool.map(lambda b: client.predict("sentiment", b, check=False), bodies))
+        assert [a.status for a in answers] == [200, 200, 200, 400], [a.body[:200] for a in answers]
+        assert "5,000,000 characters, more than its max of 64 tokens" in answers[3].json()["message"]
+    finally:
+        client.unregister("sentiment", check=False)
