@@ -7,8 +7,10 @@ tokenizing, preprocessing, validating) and after it (encoding the answer) runs u
     anything else  unforeseen (a library raised what its caller did not expect): its own 500 with
                    a short message and an error id; the worker log has the traceback under that id
 
-Only the shared forward pass can fail a whole batch (`batch_failure`), and then every request in
-it gets the same clear 500 instead of TorchServe's bare 503 "Prediction failed".
+When the shared forward pass fails, the handler runs each request of the batch alone: a request
+that fails by itself gets `forward_failure`'s 500, the others their answers. Only a failure that is
+no request's own (a broken device) reaches them all, and then as that clear 500 each, instead of
+TorchServe's bare 503 "Prediction failed".
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TypeVar
 
 from handlers.errors import RequestError
 
-__all__ = ["Refusal", "guarded", "batch_failure"]
+__all__ = ["Refusal", "guarded", "forward_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +52,12 @@ def guarded(work: Callable[[], T], what: str) -> T | Refusal:
                             "answered. Report it with the request if it repeats.", error_id)
 
 
-def batch_failure(err: Exception) -> Refusal:
-    """The one answer every request of a batch gets when the shared forward pass fails."""
-    error_id = _logged(err, "running the model on the batch")
-    return Refusal(500, f"the model failed on the batch this request was part of "
-                        f"({type(err).__name__}: {_first_line(err)}); error id {error_id} is in "
-                        "the model log. Retry the request.", error_id)
+def forward_failure(err: Exception) -> Refusal:
+    """The answer to a request the model's forward pass failed on, run alone."""
+    error_id = _logged(err, "running the model on one request alone")
+    return Refusal(500, f"the model failed on this request ({type(err).__name__}: "
+                        f"{_first_line(err)}); error id {error_id} is in the model log. Its batch "
+                        "neighbours were answered unless the model failed on them too.", error_id)
 
 
 def _logged(err: Exception, what: str) -> str:

@@ -79,6 +79,8 @@ class InputCodec:
         if model_input.type == "tensor" and parse_dtype(model_input).kind == "f" and not all(
                 np.isfinite(r).all() for r in ([rows] if isinstance(rows, np.ndarray) else rows)):
             raise RequestError(f"{what} holds NaN or infinity; send finite numbers")
+        if model_input.name == self.text_input:
+            self._check_token_ids(rows, what)
         return rows
 
     def describe(self) -> str:
@@ -194,6 +196,16 @@ class InputCodec:
         settings = self.spec.io.tokenizer
         ids = self.tokenizer.encode(text, add_special_tokens=settings.add_special_tokens).ids
         return np.asarray(ids, dtype=parse_dtype(self.inputs[settings.input]))
+
+    def _check_token_ids(self, rows: list[np.ndarray] | np.ndarray, what: str) -> None:
+        """Ids a client sent for the tokenizer's input lie in its vocabulary (an id past the
+        embedding would fail the forward pass of the whole batch)."""
+        size = self.tokenizer.get_vocab_size()
+        for row in [rows] if isinstance(rows, np.ndarray) else rows:
+            if row.size and (row.min() < 0 or row.max() >= size):
+                raise RequestError(f"{what} holds token id {int(row.max() if row.max() >= size else row.min())}"
+                                   f", outside the tokenizer's vocabulary of {size} (ids 0 to "
+                                   f"{size - 1}); send ids from the same tokenizer, or the text")
 
     # ---- limits before work ----
 

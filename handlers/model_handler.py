@@ -29,7 +29,7 @@ from torch import Tensor
 
 from handlers.batching import Batch, Batcher
 from handlers.device import input_dtype
-from handlers.guard import Refusal, batch_failure, guarded
+from handlers.guard import Refusal, forward_failure, guarded
 from handlers.inputs import InputCodec
 from handlers.metrics import BatchClock, HandlerMetrics
 from handlers.protocols import Answer, Decoded, Protocols, error_reply
@@ -130,16 +130,22 @@ class ModelHandler:
             context.set_response_header(idx, key, value)
         return reply.body
 
-    def _answers(self, accepted: list[Decoded]) -> list[Answer] | list[Refusal]:
-        """An Answer per accepted request, or, when the shared forward pass fails, the same 500
-        for each."""
+    def _answers(self, accepted: list[Decoded]) -> list[Answer | Refusal]:
+        """An Answer per accepted request. When the shared forward pass fails, each request runs
+        alone, so only one that fails by itself gets the 500 (all do when the failure is not
+        theirs, e.g. a broken device)."""
         if not accepted:
             return []
         try:
-            batches = self.batch(accepted)
-            return self.unbatch(batches, [self.predict(batch) for batch in batches], accepted)
+            return self._forward(accepted)
         except Exception as err:  # noqa: BLE001 - answered as a clear 500 per request, not a 503
-            return [batch_failure(err)] * len(accepted)
+            if len(accepted) == 1:
+                return [forward_failure(err)]
+        return [answer for request in accepted for answer in self._answers([request])]
+
+    def _forward(self, accepted: list[Decoded]) -> list[Answer]:
+        batches = self.batch(accepted)
+        return self.unbatch(batches, [self.predict(batch) for batch in batches], accepted)
 
     def _adopt(self, loaded: ArchiveModel, files_dir: Path) -> None:
         from model_defs import create_processor

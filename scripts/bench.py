@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from handlers.spec import load_spec
+from scripts.bench_hostile import bench_hostile, print_hostile
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.config import (DEMO_SPEC, REPO_ROOT, ServerConfig, private_env, read_config,
@@ -47,13 +48,18 @@ ASSETS = Path(__file__).resolve().parent / "bench_assets"
 WORKER_REPORT = REPO_ROOT / "handlers" / "worker_report.py"
 
 
-PARTS = ("build", "cold-start", "throughput", "protocols", "images")
+PARTS = ("build", "cold-start", "throughput", "protocols", "images", "hostile")
 
 
 def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
               concurrency: list[int], parts: tuple[str, ...] = PARTS,
               workdir: Path | None = None) -> dict:
-    """Run the measurements in `parts`, print the tables, write the JSON to `out`; returns them."""
+    """Run the measurements in `parts`, print the tables, write the JSON to `out`; returns them.
+    Raises MarError for a part that does not exist."""
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise MarError(f"unknown bench part {', '.join(unknown)}; the parts are {', '.join(PARTS)} "
+                       f"(e.g. --parts throughput hostile)")
     with tempfile.TemporaryDirectory(prefix="mar-bench-") as scratch:
         root = Path(workdir or scratch)
         env = private_env(root)
@@ -82,6 +88,9 @@ def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
             if "images" in parts and throughput_s > 0:
                 results["images"] = _bench_images(config, root, throughput_s, repeats)
                 _print_images(results)
+            if "hostile" in parts and throughput_s > 0:
+                results["hostile"] = bench_hostile(config, root, throughput_s, repeats)
+                print_hostile(results)
         finally:
             stop_server(config, env=env)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -350,9 +350,9 @@ def _add_bench(commands) -> None:
     sub.add_argument("--throughput-seconds", type=float, default=20,
                      help="ab run length per concurrency; 0 skips the throughput part")
     sub.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
-    sub.add_argument("--parts", nargs="+",
-                     choices=["build", "cold-start", "throughput", "protocols", "images"],
-                     default=["build", "cold-start", "throughput", "protocols", "images"])
+    sub.add_argument("--parts", nargs="+", metavar="PART",
+                     help="the parts to run (default: all): build, cold-start, throughput, "
+                     "protocols, images, hostile")
     sub.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
     sub.add_argument("--runtimes", nargs="*", metavar="RUNTIME", choices=RUNTIMES,
                      help="instead: compare serving runtimes (all when none are named) on "
@@ -362,7 +362,7 @@ def _add_bench(commands) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from scripts.bench import run_bench, run_runtimes_bench
+    from scripts.bench import PARTS, run_bench, run_runtimes_bench
 
     if args.runtimes is not None:
         run_runtimes_bench(models=tuple(args.runtime_models),
@@ -372,7 +372,7 @@ def _cmd_bench(args) -> int:
         return 0
     run_bench(size_mb=args.size_mb, repeats=args.repeats, out=args.out,
               throughput_s=args.throughput_seconds, concurrency=args.concurrency,
-              parts=tuple(args.parts))
+              parts=tuple(args.parts) if args.parts else PARTS)
     return 0
 
 

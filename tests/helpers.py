@@ -6,11 +6,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 
 import torch
@@ -114,12 +112,3 @@ class InProcessHandler:
         request = {"body": json.dumps(body).encode()} if isinstance(body, dict) else body
         return self.send([request], [headers or {}])[0]
 
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A small PNG whose header declares width x height: Pillow's bomb check fires on open."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))

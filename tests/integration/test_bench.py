@@ -41,3 +41,27 @@ def test_throughput_and_protocols(tmp_path):
     assert set(protocols) == {"JSON tensors", "binary tensors"}
     assert all(v["requests_per_s"] > 0 and v["failed"] == 0 for v in protocols.values())
     assert "x JSON" in printed
+
+
+def test_hostile_part(tmp_path):
+    printed, results = _bench(tmp_path, "--throughput-seconds", "1", "--parts", "hostile")
+    hostile = results["hostile"]
+    for run in ("clean", "mixed"):
+        row = hostile["mix"][run]
+        assert row["valid_sent"] > 0 and row["valid_ok"] == row["valid_sent"], row
+        assert row["five_hundreds"] == 0, row
+    assert hostile["mix"]["mixed"]["hostile_sent"] > 0
+    assert hostile["mix"]["mixed"]["hostile_4xx"] == hostile["mix"]["mixed"]["hostile_sent"]
+    assert hostile["mix"]["clean"]["hostile_sent"] == 0
+    assert 0 < hostile["text"]["refusal_ms"] < hostile["text"]["tokenize_ms"]
+    assert "valid p99 with 10% hostile / without" in printed
+
+
+def test_an_unknown_part_is_refused_with_the_parts_named(tmp_path):
+    result = run_mar("bench", "--size-mb", "4", "--parts", "hostlie", "--out", tmp_path / "b.json",
+                     check=False)
+    assert result.returncode != 0
+    assert "unknown bench part hostlie; the parts are build, cold-start" in result.stderr
+    fixed = run_mar("bench", "--size-mb", "4", "--repeats", "1", "--throughput-seconds", "0",
+                    "--parts", "build", "--out", tmp_path / "b.json")
+    assert fixed.returncode == 0

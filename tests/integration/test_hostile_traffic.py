@@ -8,7 +8,6 @@ sent raw as image/png among 11 small JPEGs, used to fail most of its batch with 
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,8 @@ from model_defs import create_model
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.manage import register_archive
-from tests.helpers import REPO_ROOT, example_spec, png_declaring, save_weights, write_spec
+from scripts.bench_hostile import hostile_requests
+from tests.helpers import REPO_ROOT, example_spec, save_weights, write_spec
 
 MODEL = "digits_cnn_png"
 
@@ -58,9 +58,8 @@ def _eager(model, model_input, image: bytes) -> np.ndarray:
         return model(torch.from_numpy(preprocess(image, model_input, "x"))[None])[0].numpy()
 
 
-def _send(client: TorchServeClient, request: tuple[bytes, dict]):
-    body, headers = request
-    content_type = headers.pop("Content-Type", "application/json") if headers else "application/json"
+def _send(client: TorchServeClient, request: tuple[bytes, str, dict]):
+    body, content_type, headers = request
     return client.post(f"/predictions/{MODEL}", body, content_type=content_type, headers=headers)
 
 
@@ -68,32 +67,11 @@ def _worker_pids(client: TorchServeClient) -> set[int]:
     return {w["pid"] for w in client.describe(MODEL)[0]["workers"]}
 
 
-def _hostile() -> dict[str, tuple[bytes, dict]]:
-    gif = io.BytesIO()
-    Image.new("L", (8, 8)).save(gif, format="GIF")
-    bomb = png_declaring(40_000, 40_000)
-    header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2**32, 2**32],
-                                     "parameters": {"binary_data_size": "8"}}]}).encode()
-    return {
-        "40000x40000 png": (bomb, {"Content-Type": "image/png"}),
-        "bomb in b64": (json.dumps({"inputs": {"b64": base64.b64encode(bomb).decode()}}).encode(), {}),
-        "truncated jpeg": (_jpeg(0)[:200], {"Content-Type": "image/jpeg"}),
-        "gif": (gif.getvalue(), {"Content-Type": "image/png"}),
-        "random bytes": (np.random.default_rng(5).bytes(3000), {"Content-Type": "image/webp"}),
-        "deep json": (b"[" * 5000 + b"]" * 5000, {}),
-        "nan": (b'{"inputs": [NaN]}', {}),
-        "v2 huge shape": (header + b"\0" * 8, {"Content-Type": "application/octet-stream",
-                                              "Inference-Header-Content-Length": str(len(header))}),
-        "v2 header not json": (b"\xff" * 64, {"Content-Type": "application/octet-stream",
-                                              "Inference-Header-Content-Length": "32"}),
-    }
-
-
-def _check_round(client, model, model_input, requests: list[tuple[str, tuple[bytes, dict]]]) -> None:
-    valid = {name: _eager(model, model_input, body) for name, (body, _) in requests
+def _check_round(client, model, model_input, requests: list[tuple[str, tuple[bytes, str, dict]]]) -> None:
+    valid = {name: _eager(model, model_input, body) for name, (body, _, _) in requests
              if name.startswith("valid")}
     with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        answers = list(pool.map(lambda item: _send(client, (item[1][0], dict(item[1][1]))), requests))
+        answers = list(pool.map(lambda item: _send(client, item[1]), requests))
     for (name, _), answer in zip(requests, answers):
         if name in valid:
             assert answer.status == 200, (name, answer.status, answer.body[:300])
@@ -106,12 +84,12 @@ def _check_round(client, model, model_input, requests: list[tuple[str, tuple[byt
 def test_the_40000_pixel_png_costs_its_neighbours_nothing(served):
     client, model, model_input = served
     pids = _worker_pids(client)
-    bomb = _hostile()["40000x40000 png"]
+    bomb = hostile_requests()["40000x40000 png"]
     for _ in range(3):
-        requests = [("bomb", bomb)] + [(f"valid {i}", (_jpeg(i), {"Content-Type": "image/jpeg"}))
+        requests = [("bomb", bomb)] + [(f"valid {i}", (_jpeg(i), "image/jpeg", {}))
                                        for i in range(11)]
         _check_round(client, model, model_input, requests)
-    answer = _send(client, (bomb[0], dict(bomb[1])))
+    answer = _send(client, bomb)
     assert answer.status == 400 and "over the limit of 1,000,000 pixels" in answer.json()["message"]
     assert _worker_pids(client) == pids
 
@@ -119,11 +97,11 @@ def test_the_40000_pixel_png_costs_its_neighbours_nothing(served):
 def test_every_hostile_kind_mixed_into_concurrent_batches(served):
     client, model, model_input = served
     pids = _worker_pids(client)
-    hostile = list(_hostile().items())
+    hostile = list(hostile_requests().items())
     for round_ in range(2):
         requests = []
         for i, item in enumerate(hostile):
-            requests += [item, (f"valid {round_}.{i}", (_jpeg(i + round_), {"Content-Type": "image/jpeg"}))]
+            requests += [item, (f"valid {round_}.{i}", (_jpeg(i + round_), "image/jpeg", {}))]
         _check_round(client, model, model_input, requests)
     assert _worker_pids(client) == pids
 
