@@ -79,6 +79,14 @@ def example_spec(folder: Path, name: str, **overrides) -> tuple[Path, torch.nn.M
     return write_spec(folder, data, f"{name}.yaml"), model
 
 
+def digits_png_spec(folder: Path, **image) -> tuple[Path, torch.nn.Module]:
+    """model_defs/specs/digits_cnn_png.yaml (the digits CNN fed PNGs) in `folder` with seeded
+    weights, its `image` settings updated by `image`; returns the spec and the model."""
+    data = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn_png.yaml").read_text())
+    return example_spec(folder, "digits_cnn_png",
+                        input={**data["input"], "image": {**data["input"]["image"], **image}})
+
+
 class InProcessHandler:
     """An extracted archive served by our handler in this process, with TorchServe's own Context:
     `send` answers a batch as a worker would."""

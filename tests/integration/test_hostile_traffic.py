@@ -15,31 +15,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from handlers.images import preprocess
 from handlers.spec import load_spec
-from model_defs import create_model
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.manage import register_archive
 from scripts.bench_hostile import hostile_requests
-from tests.helpers import REPO_ROOT, example_spec, save_weights, write_spec
+from tests.helpers import digits_png_spec, example_spec
 
 MODEL = "digits_cnn_png"
 
 
 @pytest.fixture(scope="module")
 def served(torchserve, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hostile")
-    torch.manual_seed(0)
-    model = create_model("digits_cnn").eval()
-    save_weights(model, folder / "w.pt")
-    data = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn_png.yaml").read_text())
-    data["weights"] = "w.pt"
-    data["input"]["image"].update(resize=8, center_crop=8)
-    spec = write_spec(folder, data)
+    spec, model = digits_png_spec(tmp_path_factory.mktemp("hostile"), resize=8, center_crop=8)
     register_archive(torchserve.config, build_archive(spec, export_path=torchserve.config.model_store).archive)
     client = TorchServeClient(torchserve.config)
     yield client, model, load_spec(spec).inputs[0]

@@ -10,26 +10,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from model_defs import create_model
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.manage import register_archive
-from tests.helpers import REPO_ROOT, save_weights, write_spec
+from tests.helpers import digits_png_spec
 
 
 @pytest.fixture(scope="module")
 def served(torchserve, tmp_path_factory):
     folder = tmp_path_factory.mktemp("images")
-    torch.manual_seed(0)
-    model = create_model("digits_cnn").eval()
-    save_weights(model, folder / "w.pt")
-    data = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn_png.yaml").read_text())
-    data["weights"] = "w.pt"
-    register_archive(torchserve.config, build_archive(write_spec(folder, data),
-                                                      export_path=torchserve.config.model_store).archive)
+    spec, model = digits_png_spec(folder)
+    register_archive(torchserve.config, build_archive(spec, export_path=torchserve.config.model_store).archive)
     yield torchserve, model, folder
     TorchServeClient(torchserve.config).unregister("digits_cnn_png", check=False)
 
@@ -64,7 +57,7 @@ def test_bad_images_get_400s_and_the_worker_keeps_serving(served):
     server, _, _ = served
     client = TorchServeClient(server.config)
     good = _png(np.zeros((8, 8), dtype=np.uint8))
-    bad = {b"": "is empty", good[:len(good) // 3]: "image", b"not an image at all": "not an image"}
+    bad = {b"": "is empty", good[:len(good) // 3]: "image", b"not an image at all": "is not a readable png, jpeg, webp image"}
     workers = {w["pid"] for w in client.describe("digits_cnn_png")[0]["workers"]}
     bodies = [good, *bad] * 8
     with ThreadPoolExecutor(max_workers=16) as pool:

@@ -22,16 +22,13 @@ import os
 
 import numpy as np
 import pytest
-import torch
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from model_defs import create_model
 from scripts.build import build_archive
 from scripts.bench_hostile import png_declaring
-from tests.helpers import REPO_ROOT, InProcessHandler, example_spec, save_weights, write_spec
+from tests.helpers import InProcessHandler, digits_png_spec, example_spec
 
 EXAMPLES = int(os.environ.get("MAR_FUZZ_EXAMPLES", "120"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -108,13 +105,8 @@ def kinds(tmp_path_factory) -> dict[str, Kind]:
 
 def _image_kind(folder) -> Kind:
     folder.mkdir()
-    torch.manual_seed(0)
-    save_weights(create_model("digits_cnn").eval(), folder / "w.pt")
-    data = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn_png.yaml").read_text())
-    data["weights"] = "w.pt"
-    data["input"]["image"].update(resize=8, center_crop=8)  # the path the 40000x40000 PNG took
-    archive = build_archive(write_spec(folder, data), export_path=folder / "store",
-                            archive_format="folder").archive
+    spec, _ = digits_png_spec(folder, resize=8, center_crop=8)  # the path the 40000x40000 PNG took
+    archive = build_archive(spec, export_path=folder / "store", archive_format="folder").archive
     png = _encoded(np.arange(150, dtype=np.uint8).reshape(10, 15), "PNG")
     b64 = base64.b64encode(png).decode()
     valid = [({"body": png}, {"body": {"content-type": "image/png"}}),

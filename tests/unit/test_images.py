@@ -13,8 +13,7 @@ from PIL import Image
 from handlers.images import preprocess
 from handlers.io_spec import ImageSpec, InputSpec
 from scripts.build import build_archive
-from tests.helpers import REPO_ROOT, InProcessHandler as Served, save_weights, write_spec
-import yaml
+from tests.helpers import InProcessHandler as Served, digits_png_spec
 
 DIGIT = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)  # a gradient, 0..252
 
@@ -33,15 +32,8 @@ def _raw(data: bytes, content_type: str | None):
 @pytest.fixture(scope="module")
 def digits_png(tmp_path_factory):
     folder = tmp_path_factory.mktemp("digits_png")
-    torch.manual_seed(0)
-    from model_defs import create_model
-
-    model = create_model("digits_cnn").eval()
-    save_weights(model, folder / "w.pt")
-    data = yaml.safe_load((REPO_ROOT / "model_defs" / "specs" / "digits_cnn_png.yaml").read_text())
-    data["weights"] = "w.pt"
-    archive = build_archive(write_spec(folder, data), export_path=folder / "store",
-                            archive_format="folder").archive
+    spec, model = digits_png_spec(folder)
+    archive = build_archive(spec, export_path=folder / "store", archive_format="folder").archive
     served = Served(archive)
     served.model = model
     return served
