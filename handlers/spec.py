@@ -31,6 +31,7 @@ import yaml
 
 from handlers.errors import SpecError
 from handlers.io_spec import DTYPES, IO_KEYS, InputSpec, IOSpec, OutputSpec, io_to_dict, parse_io
+from handlers.runtimes import RUNTIMES
 
 __all__ = [
     "SpecError",
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "gpu")
-RUNTIMES = ("eager", "torchscript", "onnx", "aoti")  # handlers/runtimes.py loads each
 PRECISIONS = ("fp32", "fp16", "bf16")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accepts
 
@@ -348,15 +348,7 @@ def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
             settings["device_ids"] = tuple(ids)
     if settings.get("device", "auto") not in DEVICES:
         problems.append(f"`serving.device` {settings['device']!r} is not one of {', '.join(DEVICES)}")
-    runtime = settings.get("runtime", "eager")
-    if runtime not in RUNTIMES:
-        problems.append(f"`serving.runtime` {runtime!r} is not one of {', '.join(RUNTIMES)}")
-    elif runtime != "eager" and settings.get("compile"):
-        problems.append(f"`serving.compile` applies to the eager runtime; runtime {runtime} is "
-                        "compiled at build already: drop compile, or use runtime: eager")
-    elif runtime == "onnx" and settings.get("precision") == "bf16":
-        problems.append("`serving.runtime` onnx with precision bf16 is not supported (numpy, which "
-                        "feeds onnxruntime, has no bfloat16): use fp16 or fp32, or another runtime")
+    _check_runtime(settings, problems)
     if settings.get("precision", "fp32") not in PRECISIONS:
         problems.append(f"`serving.precision` {settings['precision']!r} is not one of "
                         f"{', '.join(PRECISIONS)}")
@@ -364,6 +356,21 @@ def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
     check_worker_range(serving.min_workers, serving.max_workers, problems,
                        names=("`serving.min_workers`", "`serving.max_workers`"))
     return serving
+
+
+def _check_runtime(settings: dict, problems: list[str]) -> None:
+    name = settings.get("runtime", "eager")
+    runtime = RUNTIMES.get(name)
+    if runtime is None:
+        problems.append(f"`serving.runtime` {name!r} is not one of {', '.join(RUNTIMES)}")
+    elif runtime.exported and settings.get("compile"):
+        problems.append(f"`serving.compile` applies to the eager runtime; runtime {name} is "
+                        "compiled at build already: drop compile, or use runtime: eager")
+    elif settings.get("precision", "fp32") in runtime.refused_precisions:
+        precision = settings["precision"]
+        problems.append(f"`serving.runtime` {name} with precision {precision} is not supported "
+                        f"({runtime.refused_precisions[precision]}): use another precision, or "
+                        "another runtime")
 
 
 def _check_int(settings: dict, key: str, *, minimum: int, problems: list[str]) -> None:

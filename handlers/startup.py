@@ -21,7 +21,7 @@ from handlers.device import apply_process_settings, prepare_model, select_device
 from handlers.errors import IntegrityError
 from handlers.hashing import blake3_file
 from handlers.model_io import ModelIO
-from handlers.runtimes import ExportedModel, load_exported
+from handlers.runtimes import ExportedModel, load_exported, runtime_named
 from handlers.records import SPEC_FILE, BuildRecord, GoldenRecord
 from handlers.spec import ModelSpec, load_spec
 from handlers.worker_report import WorkerReport
@@ -96,8 +96,9 @@ def worker_report(loaded: ArchiveModel, *, resident_before: int, started: float)
 
 def _serving_device(spec: ModelSpec, gpu_id: int | str | None,
                     artifact_target: str | None) -> torch.device:
-    if artifact_target == "cpu" and spec.serving.device == "auto" and spec.serving.runtime == "aoti":
-        logger.info("the AOTInductor artifact was compiled for the CPU: serving on the CPU")
+    runtime = runtime_named(spec.serving.runtime)
+    if artifact_target == "cpu" and spec.serving.device == "auto" and runtime.device_bound:
+        logger.info("the %s artifact was compiled for the CPU: serving on the CPU", runtime.label)
         return torch.device("cpu")
     device = select_device(spec.serving.device, gpu_id)
     if device.type == "cpu" and spec.serving.device == "auto":

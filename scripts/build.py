@@ -21,13 +21,14 @@ from handlers.errors import MarError
 from handlers.hashing import blake3_file, sha256_and_crc32, sha256_bytes, sha256_file
 from handlers.device import prepare_model
 from handlers.model_io import ModelIO
+from handlers.runtimes import runtime_named
 from handlers.records import (BUILD_RECORD_FILE, FILES_DIR, GOLDEN_FILE, MODEL_CONFIG_FILE, SPEC_FILE,
                               BuildRecord, GoldenRecord, WeightsEntry, golden_inputs)
 from handlers.spec import ModelSpec, load_spec, spec_to_dict
 from model_defs import definition_files
 from scripts.archive import MANIFEST_NAME, Member, archive_path, manifest_json, write_archive
 from scripts.config import REPO_ROOT
-from scripts.export import ExportResult, export_artifact
+from scripts.export import ExportedArtifact, export_artifact
 
 __all__ = ["BuildResult", "build_archive", "validate", "HANDLER_FILE", "RUNTIME_DIR"]
 
@@ -47,7 +48,7 @@ class BuildResult:
     checkpoint_notes: list[str]
     let_through_missing: tuple[str, ...]
     ignored_unexpected: tuple[str, ...]
-    exported: ExportResult | None = None  # the runtime's artifact, when not eager
+    exported: ExportedArtifact | None = None  # the runtime's artifact, when not eager
 
 
 def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: str | Path | None = None,
@@ -70,7 +71,7 @@ def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: st
         weights_digest = pool.submit(sha256_and_crc32, weights_path)
         loaded, golden = validate(spec, weights_path)
         exported = export_artifact(spec, prepare_model(loaded.model, spec), golden, Path(scratch)) \
-            if spec.serving.runtime != "eager" else None
+            if runtime_named(spec.serving.runtime).exported else None
         served = exported.path if exported else weights_path
         served_digest = pool.submit(sha256_and_crc32, served) if exported else weights_digest
         members = _members(spec, weights_path, served, served_digest, weights_digest, exported,
@@ -107,7 +108,7 @@ def validate(spec: ModelSpec, weights_path: Path) -> tuple[LoadedModel, GoldenRe
 
 
 def _members(spec: ModelSpec, weights_path: Path, served: Path, served_digest: Future,
-             weights_digest: Future, exported: ExportResult | None, loaded: LoadedModel,
+             weights_digest: Future, exported: ExportedArtifact | None, loaded: LoadedModel,
              golden: GoldenRecord) -> dict[str, Member]:
     """Every file of the archive (name -> source): the state_dict, or the runtime's artifact in
     its place. The build record is deferred: it needs the served file's digest, which is computed

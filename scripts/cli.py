@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from handlers.errors import MarError
-from handlers.spec import RUNTIMES, check_worker_range
+from handlers.runtimes import RUNTIMES
+from handlers.spec import check_worker_range
 from scripts.config import DEFAULT_CONFIG, read_config
 
 __all__ = ["main", "build_parser"]

@@ -16,6 +16,7 @@ Nothing is written into the model store unless all three pass.
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import time
@@ -28,14 +29,15 @@ from torch import Tensor, nn
 from handlers.errors import MarError
 from handlers.model_io import ModelIO
 from handlers.records import GoldenRecord
-from handlers.runtimes import ARTIFACTS, load_exported
+from handlers.runtimes import Runtime, load_exported, runtime_named
 from handlers.spec import ModelSpec, spec_to_dict
 
-__all__ = ["ExportResult", "export_artifact"]
+__all__ = ["ExportedArtifact", "export_artifact", "exporter_of", "export_torchscript", "export_onnx",
+           "export_aoti"]
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class ExportedArtifact:
     path: Path  # the artifact, in a temporary folder the caller removes
     target_device: str  # "cpu" or "cuda": where it was built to run
     seconds: float
@@ -61,35 +63,41 @@ class _Positional(nn.Module):
 
 
 def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord,
-                    folder: Path) -> ExportResult:
+                    folder: Path) -> ExportedArtifact:
     """Export `model` (eval mode, loaded and validated) to `spec.serving.runtime` in `folder`.
     Raises MarError naming the runtime and the reason, suggesting eager."""
-    runtime = spec.serving.runtime
-    device = _build_device(spec)
+    runtime = runtime_named(spec.serving.runtime)
+    device = _build_device(spec, runtime)
     started = time.perf_counter()
     wrapper = _Positional(spec, model).eval().to(device)
     example = [t.to(device) for t in golden.largest_inputs.values()]
     program = _captured(spec, wrapper, example)
-    path = folder / ARTIFACTS[runtime]
+    path = folder / runtime.artifact
     try:
-        {"torchscript": _torchscript, "onnx": _onnx, "aoti": _aoti}[runtime](
-            spec, wrapper, program, example, path)
+        exporter_of(runtime)(spec, program, example, path)
     except MarError:
         raise
     except Exception as err:  # noqa: BLE001 - any exporter failure is reported whole
-        raise _refusal(spec, f"the {runtime} exporter failed", err) from err
+        raise _refusal(spec, f"the {runtime.name} exporter failed", err) from err
     seconds = time.perf_counter() - started
-    error = _check_against_eager(spec, path, device, golden, ModelIO(spec, model))
-    return ExportResult(path, device.type, seconds, error)
+    error = _check_against_eager(spec, runtime, path, device, golden, ModelIO(spec, model))
+    return ExportedArtifact(path, device.type, seconds, error)
 
 
-def _build_device(spec: ModelSpec) -> torch.device:
-    """AOTInductor compiles for a device; the others export device-free graphs on the CPU."""
-    if spec.serving.runtime != "aoti":
+def exporter_of(runtime: Runtime):
+    """The function its table entry names: (spec, exported program, example inputs, path)."""
+    module, function = runtime.exporter.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _build_device(spec: ModelSpec, runtime: Runtime) -> torch.device:
+    """A device-bound runtime compiles for a device; the others export device-free graphs on the
+    CPU."""
+    if not runtime.device_bound:
         return torch.device("cpu")
     if spec.serving.device == "gpu":
         if not torch.cuda.is_available():
-            raise MarError(f"{spec.source}: runtime aoti with serving.device: gpu compiles CUDA "
+            raise MarError(f"{spec.source}: runtime {runtime.name} with serving.device: gpu compiles CUDA "
                            "code, which needs a GPU (and a CUDA build of torch) at build time; "
                            "torch.cuda.is_available() is False here. Build on a GPU host, or set "
                            "serving.device: cpu for a CPU artifact.")
@@ -125,20 +133,20 @@ def _captured(spec: ModelSpec, wrapper: nn.Module, example: list[Tensor]):
                              "dimension the model fixes)", err) from err
 
 
-def _torchscript(spec, wrapper, program, example, path: Path) -> None:
+def export_torchscript(spec: ModelSpec, program, example: list[Tensor], path: Path) -> None:
     # Traced from the exported graph, which torch.export proved free of data-dependent branches.
     traced = torch.jit.trace(program.module(), tuple(example), check_trace=False, strict=False)
     torch.jit.save(traced, str(path))
 
 
-def _onnx(spec, wrapper, program, example, path: Path) -> None:
+def export_onnx(spec: ModelSpec, program, example: list[Tensor], path: Path) -> None:
     onnx_program = torch.onnx.export(program, tuple(example), dynamo=True,
                                      input_names=[i.name for i in spec.inputs],
                                      output_names=[o.name for o in spec.outputs], verbose=False)
     onnx_program.save(str(path))
 
 
-def _aoti(spec, wrapper, program, example, path: Path) -> None:
+def export_aoti(spec: ModelSpec, program, example: list[Tensor], path: Path) -> None:
     import torch._inductor.config as inductor
 
     # Freezing folds the weights into the graph and prepacks them for oneDNN's convolutions.
@@ -146,7 +154,7 @@ def _aoti(spec, wrapper, program, example, path: Path) -> None:
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 
-def _check_against_eager(spec: ModelSpec, path: Path, device: torch.device,
+def _check_against_eager(spec: ModelSpec, runtime: Runtime, path: Path, device: torch.device,
                          golden: GoldenRecord, eager: ModelIO) -> float:
     """The artifact, loaded as a worker loads it, against eager: every golden case, and each
     case's first sample alone."""
@@ -154,7 +162,7 @@ def _check_against_eager(spec: ModelSpec, path: Path, device: torch.device,
                             eager({k: v[:1].clone() for k, v in inputs.items()}))
                            for inputs, _ in golden.cases], golden.rtol, golden.atol)
     records = (golden, single)
-    outputs = _artifact_outputs(spec, path, device, [r.cases for r in records])
+    outputs = _artifact_outputs(spec, runtime, path, device, [r.cases for r in records])
     errors, worst = {}, 0.0
     for record, got in zip(records, outputs):
         result = record.compare(got)
@@ -171,13 +179,13 @@ def _check_against_eager(spec: ModelSpec, path: Path, device: torch.device,
     return worst
 
 
-def _artifact_outputs(spec: ModelSpec, path: Path, device: torch.device,
+def _artifact_outputs(spec: ModelSpec, runtime: Runtime, path: Path, device: torch.device,
                       case_lists: list[list]) -> list[list[dict[str, Tensor]]]:
     """The artifact's outputs for each list of golden cases. AOTInductor's native code runs in a
     child process, so an artifact that crashes (it does: a channels-last CNN here) fails the
     build with the reason instead of taking `mar build` down."""
     inputs = [[{k: v.to(device) for k, v in case.items()} for case, _ in cases] for cases in case_lists]
-    if spec.serving.runtime != "aoti":
+    if not runtime.checked_in_child:
         exported = load_exported(spec, path, device, target_device=device.type)
         try:
             return [[exported(case) for case in cases] for cases in inputs]
@@ -191,7 +199,7 @@ def _artifact_outputs(spec: ModelSpec, path: Path, device: torch.device,
     if child.returncode != 0:
         crash = f"signal {-child.returncode}" if child.returncode < 0 else f"exit {child.returncode}"
         detail = " ".join(child.stderr.strip().splitlines()[-3:])[:400]
-        raise MarError(f"{spec.source}: the aoti artifact crashed when run ({crash}{': ' + detail if detail else ''}). "
+        raise MarError(f"{spec.source}: the {runtime.name} artifact crashed when run ({crash}{': ' + detail if detail else ''}). "
                        "Nothing was written. Serve it with serving.runtime: eager, onnx or "
                        "torchscript.")
     outputs = torch.load(exchange, weights_only=True)

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from handlers.errors import MarError
+from handlers.runtimes import RUNTIMES
 from scripts.bench import _binary_request, cold_start, make_bench_model, wrk_run
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--models", nargs="+", choices=("digits", "resnet18", "mlp1g"),
                         default=["digits", "resnet18", "mlp1g"])
-    parser.add_argument("--runtimes", nargs="+", choices=("eager", "torchscript", "onnx", "aoti"),
+    parser.add_argument("--runtimes", nargs="+", choices=tuple(RUNTIMES),
                         default=["eager"])
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "fp16"), default=["fp32", "fp16"])
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench_results" / "gpu_check.json")

@@ -24,7 +24,7 @@ from handlers.errors import MarError
 from scripts.archive import Archive, open_archive
 from scripts.verify import verify_archive
 
-__all__ = ["ExportResult", "export_kserve", "STORAGE_URI_PLACEHOLDER"]
+__all__ = ["KServeExport", "export_kserve", "STORAGE_URI_PLACEHOLDER"]
 
 MOUNT = "/mnt/models"  # where KServe's storage initializer puts the storage URI's contents
 STORAGE_URI_PLACEHOLDER = "s3://YOUR-BUCKET/PATH"  # replace with where you upload OUT/
@@ -32,7 +32,7 @@ _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # Kubernetes object na
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class KServeExport:
     out: Path
     archives: list[Path]
     service_name: str
@@ -40,7 +40,7 @@ class ExportResult:
 
 def export_kserve(sources: list[Path], out: Path, *, service_name: str | None = None,
                   min_replicas: int = 1, max_replicas: int = 3,
-                  concurrency_target: int | None = None) -> ExportResult:
+                  concurrency_target: int | None = None) -> KServeExport:
     """Build (specs) or copy (verified archives) into OUT's KServe layout, then write the
     config and the InferenceService. Raises MarError naming the problem and the fix."""
     if out.exists() and any(out.iterdir()):
@@ -59,7 +59,7 @@ def export_kserve(sources: list[Path], out: Path, *, service_name: str | None = 
     service = inference_service(name, archives, min_replicas=min_replicas,
                                 max_replicas=max_replicas, concurrency_target=target)
     (out / "inferenceservice.yaml").write_text(yaml.safe_dump(service, sort_keys=False))
-    return ExportResult(out, [a.path for a in archives], name)
+    return KServeExport(out, [a.path for a in archives], name)
 
 
 def kserve_config(archives: list[Archive]) -> str:

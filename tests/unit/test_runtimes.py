@@ -10,10 +10,11 @@ from torch import nn
 
 from handlers.errors import IntegrityError, MarError, SpecError
 from handlers.records import BuildRecord
-from handlers.runtimes import load_exported
-from handlers.spec import load_spec
+from handlers.runtimes import RUNTIMES, load_exported
+from handlers.spec import PRECISIONS, load_spec
 from handlers.startup import load_archive_model
 from scripts.build import build_archive
+from scripts.export import exporter_of
 from tests.helpers import digits_spec_data, save_weights, write_spec
 
 
@@ -106,3 +107,16 @@ def test_the_archive_carries_the_artifact_and_model_config(tmp_path, digits_mode
         assert "model.onnx" in mar.namelist() and "digits.pt" not in mar.namelist()
     assert spec["weights"] == "model.onnx" and spec["serving"]["runtime"] == "onnx"
     assert manifest["model"]["serializedFile"] == "model.onnx"
+
+
+@pytest.mark.parametrize("name", sorted(RUNTIMES))
+def test_every_runtime_entry_is_complete(name):
+    runtime = RUNTIMES[name]
+    assert runtime.name == name and runtime.label
+    if runtime.exported:
+        assert callable(runtime.load)
+        assert callable(exporter_of(runtime)), runtime.exporter
+        assert runtime.artifact not in {r.artifact for r in RUNTIMES.values() if r is not runtime}
+    else:
+        assert runtime.load is None and runtime.exporter is None
+    assert set(runtime.refused_precisions) <= set(PRECISIONS)
