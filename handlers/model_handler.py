@@ -3,7 +3,7 @@
 The archive carries this file, the `handlers` package, the `model_defs` files its architecture (and
 processor) need, `spec.yaml`, the weights and the spec's `files/`. At start-up the handler rebuilds
 the model from those files alone, loads the state_dict on the GPU TorchServe assigned (or the CPU),
-and then answers requests in the protocols of handlers/protocols.py: ours (`{"inputs": ...}`, JSON
+and then answers requests in the protocols of handlers/protocols/: ours (`{"inputs": ...}`, JSON
 or multipart), KServe v1 and the Open Inference Protocol (KServe v2, JSON or binary tensors).
 
 A malformed request gets HTTP 400 with a message naming the input and the rule; anything

@@ -30,10 +30,10 @@ from scripts.archive import MANIFEST_NAME, Member, archive_path, manifest_json, 
 from scripts.config import REPO_ROOT
 from scripts.export import ExportedArtifact, export_artifact
 
-__all__ = ["BuildResult", "build_archive", "validate", "HANDLER_FILE", "RUNTIME_DIR"]
+__all__ = ["BuildResult", "build_archive", "validate", "HANDLER_FILE", "HANDLERS_DIR"]
 
 HANDLER_FILE = REPO_ROOT / "handlers" / "model_handler.py"
-RUNTIME_DIR = HANDLER_FILE.parent  # every module of the handlers package travels in the archive
+HANDLERS_DIR = HANDLER_FILE.parent  # every module of the handlers package travels in the archive
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,9 @@ def _members(spec: ModelSpec, weights_path: Path, served: Path, served_digest: F
     its place. The build record is deferred: it needs the served file's digest, which is computed
     while the rest is written."""
     members: dict[str, Member] = {HANDLER_FILE.name: HANDLER_FILE}
-    for source in sorted(RUNTIME_DIR.glob("*.py")):
+    for source in sorted(HANDLERS_DIR.rglob("*.py")):
         if source != HANDLER_FILE:
-            members[f"handlers/{source.name}"] = source
+            members[f"handlers/{source.relative_to(HANDLERS_DIR).as_posix()}"] = source
     package_dir = REPO_ROOT / "model_defs"
     for source in definition_files(spec.arch, spec.processor):
         members[f"model_defs/{source.relative_to(package_dir).as_posix()}"] = source

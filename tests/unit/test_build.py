@@ -20,13 +20,15 @@ def test_archive_holds_exactly_what_the_handler_needs(digits_spec, tmp_path):
         spec = yaml.safe_load(mar.read("spec.yaml"))
         config = yaml.safe_load(mar.read("model-config.yaml"))
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-    handlers = {f"handlers/{p.name}" for p in (REPO_ROOT / "handlers").glob("*.py")
+    package = REPO_ROOT / "handlers"
+    handlers = {f"handlers/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")
                 if p.name != "model_handler.py"}
     assert names == {
         "MAR-INF/MANIFEST.json", "model_handler.py", "spec.yaml", "model-config.yaml", "digits.pt",
         "build-info.json", "golden.pt", "model_defs/__init__.py", "model_defs/registry.py",
         "model_defs/digits_cnn.py", *handlers}
-    assert {"handlers/startup.py", "handlers/records.py", "handlers/errors.py"} <= handlers
+    assert {"handlers/startup.py", "handlers/records.py", "handlers/errors.py",
+            "handlers/protocols/oip.py"} <= handlers
     assert spec["weights"] == "digits.pt" and spec["arch"] == "digits_cnn"
     assert config == {"minWorkers": 1, "maxWorkers": 1, "batchSize": 16, "maxBatchDelay": 5,
                       "responseTimeout": 120, "startupTimeout": 120}

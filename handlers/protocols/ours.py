@@ -1,0 +1,117 @@
+"""Our protocol, in its three forms, all answered {"outputs": ...} (with "predictions" when the spec
+has labels):
+
+    JSON        {"inputs": <the one input's value>}  or  {"inputs": {"<name>": <value>, ...}}
+    multipart   one part per named input (JSON, text or raw bytes)
+    raw image   a body of type image/jpeg, image/png or image/webp, for a one-image model
+
+A value is one sample or a list of samples; see handlers/inputs.py for its forms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from handlers.errors import RequestError
+from handlers.images import CONTENT_TYPES
+from handlers.protocols.base import Answer, Decoded, Protocol, Reply, Request, json_reply
+
+__all__ = ["OursJSON", "OursMultipart", "OursRawImage"]
+
+
+class _Ours(Protocol):
+    def named(self, value: Any) -> dict[str, Any]:
+        """{"inputs": value} for one input, or {"inputs": {name: value}} for any number (after
+        the spec's processor, which may map what clients send onto the inputs)."""
+        if self.processor is not None:
+            value = self.processor.decode(value)
+        if isinstance(value, dict) and set(value) != {"b64"} and (
+                len(self.input_names) > 1 or set(value) <= set(self.input_names)):
+            return value  # by name; the codec names any unknown or missing input
+        if len(self.input_names) > 1:
+            raise RequestError(f'this model takes named inputs: {{"inputs": {{'
+                               f'{", ".join(f"{chr(34)}{n}{chr(34)}: ..." for n in self.input_names)}'
+                               f"}}}}; {self.codec.describe()}")
+        return {self.input_names[0]: value}
+
+    def reply(self, answer: Answer) -> Reply:
+        outputs = self.encoded_outputs(answer)
+        if len(self.output_names) == 1 and not self.processor:
+            outputs = outputs[self.output_names[0]]  # one output: its rows
+        body: dict[str, Any] = {"outputs": outputs}
+        if answer.predictions is not None:
+            body["predictions"] = answer.predictions
+        return json_reply(body)
+
+
+class OursMultipart(_Ours):
+    def matches(self, request: Request) -> bool:
+        return bool(request.fields)
+
+    def decode(self, request: Request) -> Decoded:
+        if len(request.fields) > len(self.input_names):  # refused before any part is parsed
+            raise RequestError(f"the form has {len(request.fields)} parts; this model takes at "
+                               f"most {len(self.input_names)}, one per input "
+                               f"({', '.join(self.input_names)})")
+        values = {}
+        for name, value in request.fields.items():
+            content_type = str((request.headers.get(name) or {}).get("content-type", "")).lower()
+            values[name] = _part_value(name, value, content_type)
+        return Decoded(self.codec.parts(self.named(values)), self.reply)
+
+
+class OursRawImage(_Ours):
+    """A raw image body. A body that is neither an image type nor JSON, sent to a one-image
+    model, is taken as a raw image too, so its refusal names the content types that work."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        images = [i.name for i in self.spec.inputs if i.type == "image"]
+        self.image_input = images[0] if len(images) == 1 and len(self.spec.inputs) == 1 else None
+
+    def matches(self, request: Request) -> bool:
+        return request.content_type.startswith("image/") or (
+            self.image_input is not None and not request.is_json)
+
+    def decode(self, request: Request) -> Decoded:
+        content_type = request.content_type
+        if self.image_input is None:
+            raise RequestError(f"a body of type {content_type or '(none)'} can only go to a model "
+                               "with one image input; send JSON or multipart/form-data")
+        allowed = self.spec.inputs[0].image.formats
+        if CONTENT_TYPES.get(content_type) not in allowed:
+            raise RequestError(f"Content-Type {content_type or '(none)'} is not an image type this "
+                               f"model takes; send the image as "
+                               f"{', '.join('image/' + f for f in allowed)}, in multipart/form-data, "
+                               'or as {"inputs": {"b64": ...}} in JSON')
+        return Decoded(self.codec.parts({self.image_input: request.body}), self.reply)
+
+
+class OursJSON(_Ours):
+    def matches(self, request: Request) -> bool:
+        return request.object_with("inputs")
+
+    def decode(self, request: Request) -> Decoded:
+        return Decoded(self.codec.parts(self.named(request.payload["inputs"]), label="`inputs`"),
+                       self.reply)
+
+
+def _part_value(name: str, value: Any, content_type: str) -> Any:
+    """A multipart part: JSON when it says so (or parses as JSON), text for text/*, else bytes."""
+    if not isinstance(value, (bytes, bytearray)):
+        return value
+    if content_type.startswith("application/json") or not content_type:
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            if content_type:
+                raise RequestError(f"part `{name}` says application/json but is not valid "
+                                   "JSON") from None
+    if content_type.startswith("text/"):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise RequestError(f"part `{name}` is not UTF-8 text ({err})") from None
+    return bytes(value)
