@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from handlers.inputs import Part
+from handlers.kinds.tensor import pad_concat
 from handlers.spec import ModelSpec
 
 __all__ = ["Batcher", "Batch", "Outputs"]
@@ -38,8 +39,9 @@ class Batch:
 
 
 class Batcher:
-    def __init__(self, spec: ModelSpec, device: torch.device, dtypes: dict[str, torch.dtype]) -> None:
-        self.spec, self.device, self.dtypes = spec, device, dtypes
+    def __init__(self, spec: ModelSpec, device: torch.device, dtypes: dict[str, torch.dtype],
+                 pad_values: dict[str, float]) -> None:
+        self.spec, self.device, self.dtypes, self.pad_values = spec, device, dtypes, pad_values
         self.inputs = {i.name: i for i in spec.inputs}
         self.follows = {o.name: o.follows for o in spec.outputs if o.follows}
 
@@ -82,12 +84,7 @@ class Batcher:
             stacked = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
         else:
             longest = tuple(max(sizes) for sizes in zip(*shapes))
-            pad = 0 if name == self.spec.io.attention_mask else self.inputs[name].pad
-            stacked = np.full((sum(len(a) for a in arrays), *longest), pad, dtype=arrays[0].dtype)
-            row = 0
-            for array in arrays:
-                stacked[(slice(row, row + len(array)), *(slice(0, s) for s in array.shape[1:]))] = array
-                row += len(array)
+            stacked = pad_concat(arrays, longest, self.pad_values[name])
         if not stacked.flags.writeable:  # a v2 binary tensor is a view of the request bytes
             stacked = stacked.copy()
         tensor = torch.from_numpy(np.ascontiguousarray(stacked))

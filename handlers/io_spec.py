@@ -18,29 +18,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DTYPES", "INPUT_TYPES", "IMAGE_FORMATS", "IO_KEYS", "ImageSpec", "InputSpec", "OutputSpec", "TokenizerSpec", "IOSpec",
-           "parse_io", "io_to_dict"]
+if TYPE_CHECKING:
+    from handlers.kinds.image import ImageSpec
+    from handlers.kinds.text import TokenizerSpec
+
+__all__ = ["DTYPES", "INPUT_TYPES", "IO_KEYS", "InputSpec", "OutputSpec", "IOSpec", "parse_io",
+           "io_to_dict"]
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
-INPUT_TYPES = ("tensor", "image")
-IMAGE_FORMATS = ("jpeg", "png", "webp")
+INPUT_TYPES = ("tensor", "image")  # handlers/kinds/: a tokenizer's input is text
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """How encoded images become the input tensor (handlers/images.py), at build and in the worker."""
-    mode: str = "RGB"  # RGB (3 channels) or L (1)
-    resize: int | None = None  # the shorter side, bilinear, as torchvision's Resize(int) on PIL
-    center_crop: int | None = None  # a square, as torchvision's CenterCrop(int)
-    scale: float = 1 / 255  # pixel values 0..255 times this
-    mean: tuple[float, ...] | None = None  # per channel, subtracted after scaling
-    std: tuple[float, ...] | None = None  # per channel, divided by after the mean
-    formats: tuple[str, ...] = IMAGE_FORMATS  # what is decoded; others refused
-    max_pixels: int = 40_000_000  # width x height before decoding: decompression bombs refused
-    max_bytes: int = 20_000_000  # the encoded image
 
 
 @dataclass(frozen=True)
@@ -51,18 +40,22 @@ class InputSpec:
     max: tuple[int, ...] = ()  # the upper bound of each dynamic dimension, in order
     pad: float = 0  # the value batches of mixed lengths are padded with (with an attention mask)
     type: str = "tensor"  # one of INPUT_TYPES
-    image: ImageSpec | None = None  # for type: image
+    image: ImageSpec | None = None  # for type: image (handlers/kinds/image.py)
 
     @property
     def dynamic(self) -> tuple[int, ...]:
         """Positions of the dynamic dimensions in `shape`."""
         return tuple(i for i, size in enumerate(self.shape) if size is None)
 
+    def filled(self, lengths) -> tuple[int, ...]:
+        """The sample shape with its dynamic dimensions at `lengths`, in order."""
+        sizes = iter(lengths)
+        return tuple(next(sizes) if size is None else size for size in self.shape)
+
     @property
     def max_shape(self) -> tuple[int, ...]:
         """The largest sample: every dynamic dimension at its bound."""
-        bounds = iter(self.max)
-        return tuple(next(bounds) if size is None else size for size in self.shape)
+        return self.filled(self.max)
 
     def describe(self) -> str:
         dims = ", ".join("N" if size is None else str(size) for size in self.shape)
@@ -74,13 +67,6 @@ class InputSpec:
 class OutputSpec:
     name: str
     follows: str | None = None  # an input whose dynamic dimensions this output's follow
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    file: str  # a Hugging Face `tokenizers` JSON file, relative to the spec; packaged and hashed
-    input: str  # the input whose strings are tokenized into ids
-    add_special_tokens: bool = True
 
 
 @dataclass(frozen=True)
@@ -187,54 +173,9 @@ def _input(value: Any, where: str, problems: list[str], *, named: bool = False) 
 
 
 def _image(value: Any, shape: list, where: str, problems: list[str]) -> ImageSpec:
-    value = {} if value is None else value
-    if not isinstance(value, dict):
-        problems.append(f"`{where}.image` must be a mapping, e.g. {{mode: RGB, resize: 256, "
-                        "center_crop: 224, mean: [...], std: [...]}}")
-        return ImageSpec()
-    allowed = {"mode", "resize", "center_crop", "scale", "mean", "std", "formats", "max_pixels",
-               "max_bytes"}
-    for key in sorted(set(value) - allowed, key=str):
-        problems.append(f"unknown key `{where}.image.{key}` (allowed: {', '.join(sorted(allowed))})")
-    settings = {k: v for k, v in value.items() if k in allowed}
-    mode = settings.get("mode", "RGB")
-    channels = {"RGB": 3, "L": 1}.get(mode)
-    if channels is None:
-        problems.append(f"`{where}.image.mode` {mode!r} is not RGB or L")
-        channels = 3
-    if len(shape) != 3 or shape[0] != channels or None in shape:
-        problems.append(f"`{where}.shape` {shape!r} must be [channels, height, width] with "
-                        f"{channels} channel(s) for mode {mode}, e.g. [{channels}, 224, 224]")
-    for key in ("resize", "center_crop", "max_pixels", "max_bytes"):
-        if key in settings and not (isinstance(settings[key], int) and not isinstance(
-                settings[key], bool) and settings[key] > 0):
-            problems.append(f"`{where}.image.{key}` {settings.pop(key)!r} must be a positive integer")
-    for key in ("mean", "std"):
-        if key in settings:
-            values = settings[key]
-            if not (isinstance(values, list) and len(values) == channels and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-                problems.append(f"`{where}.image.{key}` must list {channels} numbers, one per channel")
-                settings.pop(key)
-            else:
-                settings[key] = tuple(float(v) for v in values)
-    if "std" in settings and any(v == 0 for v in settings["std"]):
-        problems.append(f"`{where}.image.std` must not hold 0")
-    formats = settings.get("formats", list(IMAGE_FORMATS))
-    if not (isinstance(formats, list) and formats and set(formats) <= set(IMAGE_FORMATS)):
-        problems.append(f"`{where}.image.formats` {formats!r} must be a list from "
-                        f"{', '.join(IMAGE_FORMATS)}")
-        formats = list(IMAGE_FORMATS)
-    settings["formats"] = tuple(formats)
-    scale = settings.get("scale", 1 / 255)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        problems.append(f"`{where}.image.scale` {scale!r} must be a number")
-        settings.pop("scale")
-    crop = settings.get("center_crop")
-    if len(shape) == 3 and None not in shape and (crop or settings.get("resize")) and \
-            crop is not None and (shape[1], shape[2]) != (crop, crop):
-        problems.append(f"`{where}.shape` {shape!r} must end in the center_crop ({crop}, {crop})")
-    return ImageSpec(**settings)
+    from handlers.kinds.image import parse_image
+
+    return parse_image(value, shape, where, problems)
 
 
 def _outputs(value: Any, inputs: list[str], problems: list[str]) -> tuple[OutputSpec, ...]:
@@ -282,25 +223,9 @@ def _attention_mask(value: Any, inputs: tuple[InputSpec, ...], problems: list[st
 def _tokenizer(value: Any, inputs: tuple[InputSpec, ...], problems: list[str]) -> TokenizerSpec | None:
     if value is None:
         return None
-    if not (isinstance(value, dict) and isinstance(value.get("file"), str)
-            and isinstance(value.get("input"), str)):
-        problems.append(f"`tokenizer` must be {{file: tokenizer.json, input: <the input that gets "
-                        f"token ids>}}, got {value!r}")
-        return None
-    for key in sorted(set(value) - {"file", "input", "add_special_tokens"}, key=str):
-        problems.append(f"unknown key `tokenizer.{key}` (allowed: file, input, add_special_tokens)")
-    target = next((i for i in inputs if i.name == value["input"]), None)
-    if target is None or target.dtype not in ("int64", "int32") or len(target.dynamic) != 1:
-        problems.append(f"`tokenizer.input` {value['input']!r} must name an int64 or int32 input "
-                        "with one dynamic dimension, e.g. {name: input_ids, dtype: int64, "
-                        "shape: [null], max: [128]}")
-    if value["file"].startswith("/") or ".." in value["file"].split("/"):
-        problems.append(f"`tokenizer.file` {value['file']!r} must be a path inside the spec's folder")
-    special = value.get("add_special_tokens", True)
-    if not isinstance(special, bool):
-        problems.append(f"`tokenizer.add_special_tokens` {special!r} must be true or false")
-        special = True
-    return TokenizerSpec(value["file"], value["input"], special)
+    from handlers.kinds.text import parse_tokenizer
+
+    return parse_tokenizer(value, inputs, problems)
 
 
 def _labels(value: Any, problems: list[str]) -> tuple[str, ...] | None:
@@ -327,11 +252,10 @@ def _label_output(value: Any, outputs: tuple[OutputSpec, ...], problems: list[st
     return value
 
 
-def _image_dict(image: ImageSpec) -> dict[str, Any]:
-    from dataclasses import asdict
+def _image_settings(image: ImageSpec) -> dict[str, Any]:
+    from handlers.kinds.image import image_to_dict
 
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(image).items()
-            if v is not None}
+    return image_to_dict(image)
 
 
 def io_to_dict(io: IOSpec) -> dict[str, Any]:
@@ -340,7 +264,7 @@ def io_to_dict(io: IOSpec) -> dict[str, Any]:
         "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype,
                     **({"max": list(i.max)} if i.max else {}), **({"pad": i.pad} if i.pad else {}),
                     **({"type": i.type} if i.type != "tensor" else {}),
-                    **({"image": _image_dict(i.image)} if i.image else {})} for i in io.inputs],
+                    **({"image": _image_settings(i.image)} if i.image else {})} for i in io.inputs],
         "outputs": [{"name": o.name, **({"follows": o.follows} if o.follows else {})}
                     for o in io.outputs]}
     if io.attention_mask:

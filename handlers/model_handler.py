@@ -152,9 +152,11 @@ class ModelHandler:
 
         self.spec, self.loaded = loaded.spec, loaded
         processor = create_processor(self.spec.processor, files_dir) if self.spec.processor else None
-        self._protocols = Protocols(self.spec, InputCodec(self.spec, files_dir), processor)
+        codec = InputCodec(self.spec, files_dir)
+        self._protocols = Protocols(self.spec, codec, processor)
         dtypes = {i.name: input_dtype(self.spec, i) for i in self.spec.inputs}
-        self._batcher = Batcher(self.spec, loaded.device, dtypes)
+        self._batcher = Batcher(self.spec, loaded.device, dtypes,
+                                {name: kind.pad_value for name, kind in codec.kinds.items()})
 
     def _predictions(self, rows: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Label, probability and class probabilities (the top `top_k`, or all) per sample of the

@@ -3,8 +3,8 @@ that writes it, reads it, checks its format version and holds its checks:
 
     build-info.json   BuildRecord: sha256 of every packaged file (and BLAKE3 of the weights, for
                       the fast check at every worker start), git state, torch version, load notes
-    golden.pt         GoldenRecord: seeded inputs and the outputs the eval-mode model gave at build,
-                      with the tolerance of the spec's precision
+    golden.pt         GoldenRecord: seeded inputs (handlers/golden_inputs.py) and the outputs the
+                      eval-mode model gave at build, with the tolerance of the spec's precision
 """
 
 from __future__ import annotations
@@ -16,17 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from handlers.device import input_dtype
 from handlers.errors import IntegrityError
 from handlers.hashing import sha256_file
-from handlers.spec import InputSpec, ModelSpec
 
 __all__ = ["FILES_DIR", "SPEC_FILE", "MODEL_CONFIG_FILE", "BUILD_RECORD_FILE", "GOLDEN_FILE", "BuildRecord",
-           "WeightsEntry", "GoldenRecord", "GoldenComparison", "golden_inputs", "pad_stack"]
+           "WeightsEntry", "GoldenRecord", "GoldenComparison"]
 
 SPEC_FILE = "spec.yaml"
 MODEL_CONFIG_FILE = "model-config.yaml"
@@ -204,86 +201,3 @@ class GoldenRecord:
                 "precision. The definition, weights or torch version changed how the model "
                 "computes; rebuild and compare with `mar verify`.")
         return result.max_error
-
-
-def golden_inputs(spec: ModelSpec) -> list[Tensors]:
-    """Seeded input batches of the spec's largest batch size: one per length of the dynamic
-    dimensions (1, about half the bound, the bound), plus, for a model with an attention mask,
-    one of mixed lengths padded the way the handler pads them."""
-    generator = torch.Generator().manual_seed(0)
-    batch = spec.serving.batch_size
-    dynamic = any(i.dynamic for i in spec.inputs)
-    fractions = (0.0, 0.5, 1.0) if dynamic else (1.0,)
-    cases = []
-    for fraction in fractions:
-        lengths = [[_length(bound, fraction) for bound in i.max] for i in spec.inputs]
-        if not cases or lengths != cases[-1][0]:
-            cases.append((lengths, [_random(spec, i, _shape(i, lens), batch, generator)
-                                    for i, lens in zip(spec.inputs, lengths)]))
-    batches = [dict(zip((i.name for i in spec.inputs), tensors)) for _, tensors in cases]
-    if spec.io.attention_mask:
-        batches.append(_mixed_lengths(spec, batch, generator))
-    return batches
-
-
-def _length(bound: int, fraction: float) -> int:
-    return max(1, round(bound * fraction))
-
-
-def _shape(model_input: InputSpec, lengths: list[int]) -> tuple[int, ...]:
-    sizes = iter(lengths)
-    return tuple(next(sizes) if size is None else size for size in model_input.shape)
-
-
-def _random(spec: ModelSpec, model_input: InputSpec, shape: tuple[int, ...], batch: int,
-            generator: torch.Generator) -> Tensor:
-    dtype = input_dtype(spec, model_input)
-    if model_input.type == "image":
-        return torch.from_numpy(np.stack([_golden_image(model_input, generator, i)
-                                          for i in range(batch)])).to(dtype)
-    if model_input.name == spec.io.attention_mask:
-        return torch.ones((batch, *shape), dtype=dtype)
-    if dtype.is_floating_point:
-        return torch.rand((batch, *shape), generator=generator, dtype=torch.float32).to(dtype)
-    return torch.randint(0, 2, (batch, *shape), generator=generator).to(dtype)
-
-
-def _golden_image(model_input: InputSpec, generator: torch.Generator, index: int) -> np.ndarray:
-    """A seeded picture (smooth gradients and noise, of a size the preprocessing must resize and
-    crop), PNG-encoded, then decoded and preprocessed as a worker does."""
-    from PIL import Image
-
-    from handlers.images import preprocess
-
-    settings = model_input.image
-    channels, height, width = model_input.shape
-    if settings.resize is not None or settings.center_crop is not None:
-        height, width = (height * 5 // 4 + index, width * 3 // 2)  # landscape, larger than the crop
-    noise = torch.rand((height, width, channels), generator=generator).numpy()
-    ramp = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
-    pixels = (255 * (0.6 * noise + 0.4 * ramp)).astype(np.uint8)
-    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, settings.mode)
-    encoded = io.BytesIO()
-    image.save(encoded, format="PNG")
-    return preprocess(encoded.getvalue(), model_input, "a golden image")
-
-
-def _mixed_lengths(spec: ModelSpec, batch: int, generator: torch.Generator) -> Tensors:
-    """Samples of lengths spread from 1 to the bound, padded to the bound; the mask marks them."""
-    samples = []
-    for index in range(batch):
-        fraction = (index + 1) / batch
-        samples.append({i.name: _random(spec, i, _shape(i, [_length(b, fraction) for b in i.max]),
-                                        1, generator)[0] for i in spec.inputs})
-    return {i.name: pad_stack([s[i.name] for s in samples], i.max_shape,
-                              0 if i.name == spec.io.attention_mask else i.pad)
-            for i in spec.inputs}
-
-
-def pad_stack(samples: list[Tensor], shape: tuple[int, ...], value: float) -> Tensor:
-    """Samples of one input stacked into a batch of `shape`, each padded at the end of every
-    dimension with `value`."""
-    out = torch.full((len(samples), *shape), value, dtype=samples[0].dtype)
-    for row, sample in zip(out, samples):
-        row[tuple(slice(0, size) for size in sample.shape)] = sample
-    return out

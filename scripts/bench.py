@@ -523,7 +523,7 @@ STOCK_IMAGE_CLASSIFIER_BLOCKED = (
 def _bench_images(config: ServerConfig, root: Path, seconds: float, rounds: int) -> dict:
     """Decode + preprocess cost per 640x480 JPEG, and requests/s with p50/p99 for JPEG bodies
     into ResNet-18 (model_defs/specs/resnet18_jpeg.yaml) at batch 8, one worker, 8 clients."""
-    from handlers.images import preprocess
+    from handlers.kinds.image import preprocess
     from handlers.spec import load_spec
     from model_defs import create_model
 

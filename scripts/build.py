@@ -23,7 +23,8 @@ from handlers.device import prepare_model
 from handlers.model_io import ModelIO
 from handlers.runtimes import runtime_named
 from handlers.records import (BUILD_RECORD_FILE, FILES_DIR, GOLDEN_FILE, MODEL_CONFIG_FILE, SPEC_FILE,
-                              BuildRecord, GoldenRecord, WeightsEntry, golden_inputs)
+                              BuildRecord, GoldenRecord, WeightsEntry)
+from handlers.golden_inputs import golden_inputs
 from handlers.spec import ModelSpec, load_spec, spec_to_dict
 from model_defs import definition_files
 from scripts.archive import MANIFEST_NAME, Member, archive_path, manifest_json, write_archive

@@ -66,27 +66,22 @@ class _OIP(Protocol):
                                      and size >= 0):
             raise RequestError(f"input tensor {name!r}: binary_data_size {size!r:.40} must be a "
                                "whole number of bytes")
-        model_input = next(i for i in self.spec.inputs if i.name == name)
+        kind = self.codec.kinds[name]
         if datatype == "BYTES":
-            return name, self._bytes(tensor, model_input, name, shape, binary[offset:offset + size]
+            return name, self._bytes(tensor, kind, name, shape, binary[offset:offset + size]
                                      if size is not None else None), size or 0
-        array = _array(tensor, name, shape, datatype, model_input.dtype, binary, offset, size)
+        array = _array(tensor, name, shape, datatype, kind.input.dtype, binary, offset, size)
         return name, array, size or 0
 
-    def _bytes(self, tensor: dict, model_input, name: str, shape: list[int],
-               binary: bytes | None) -> list:
-        image = model_input.type == "image"
-        if not (name == self.codec.text_input or image):
-            raise RequestError(f"input tensor {name!r} is BYTES but `{name}` takes "
-                               f"{model_input.dtype} numbers")
+    def _bytes(self, tensor: dict, kind, name: str, shape: list[int], binary: bytes | None) -> list:
+        if not kind.takes_bytes_elements:
+            return kind.bytes_elements([], name)  # raises: the kind's rule
         items = bytes_items(binary, name) if binary is not None else tensor.get("data")
         count = math.prod(shape)
         if not isinstance(items, list) or len(items) != count:
             raise RequestError(f"input tensor {name!r} has {len(items) if isinstance(items, list) else 0} "
                                f"strings but its shape {shape} holds {count}")
-        if image:  # encoded images: raw in binary tensors, base64 strings in JSON ones
-            items = [{"b64": item} if isinstance(item, str) else item for item in items]
-        return items
+        return kind.bytes_elements(items, name)
 
     def _encoder(self, payload: dict) -> Callable[[Answer], Reply]:
         requested = _requested(payload.get("outputs"), self._names())

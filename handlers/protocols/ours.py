@@ -5,7 +5,7 @@ has labels):
     multipart   one part per named input (JSON, text or raw bytes)
     raw image   a body of type image/jpeg, image/png or image/webp, for a one-image model
 
-A value is one sample or a list of samples; see handlers/inputs.py for its forms.
+A value is one sample or a list of samples, in the forms its input's kind takes (handlers/kinds/).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 
 from handlers.errors import RequestError
-from handlers.images import CONTENT_TYPES
 from handlers.protocols.base import Answer, Decoded, Protocol, Reply, Request, json_reply
 
 __all__ = ["OursJSON", "OursMultipart", "OursRawImage"]
@@ -63,30 +62,30 @@ class OursMultipart(_Ours):
 
 
 class OursRawImage(_Ours):
-    """A raw image body. A body that is neither an image type nor JSON, sent to a one-image
-    model, is taken as a raw image too, so its refusal names the content types that work."""
+    """A raw image body, for a model whose one input takes raw bodies (an image). A body that is
+    neither an image type nor JSON, sent to such a model, is taken as one too, so its refusal
+    names the content types that work."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        images = [i.name for i in self.spec.inputs if i.type == "image"]
-        self.image_input = images[0] if len(images) == 1 and len(self.spec.inputs) == 1 else None
+        kinds = list(self.codec.kinds.values())
+        self.body_kind = kinds[0] if len(kinds) == 1 and kinds[0].body_types else None
 
     def matches(self, request: Request) -> bool:
         return request.content_type.startswith("image/") or (
-            self.image_input is not None and not request.is_json)
+            self.body_kind is not None and not request.is_json)
 
     def decode(self, request: Request) -> Decoded:
         content_type = request.content_type
-        if self.image_input is None:
+        if self.body_kind is None:
             raise RequestError(f"a body of type {content_type or '(none)'} can only go to a model "
                                "with one image input; send JSON or multipart/form-data")
-        allowed = self.spec.inputs[0].image.formats
-        if CONTENT_TYPES.get(content_type) not in allowed:
+        if not self.body_kind.takes_body(content_type):
             raise RequestError(f"Content-Type {content_type or '(none)'} is not an image type this "
                                f"model takes; send the image as "
-                               f"{', '.join('image/' + f for f in allowed)}, in multipart/form-data, "
+                               f"{', '.join(self.body_kind.body_types)}, in multipart/form-data, "
                                'or as {"inputs": {"b64": ...}} in JSON')
-        return Decoded(self.codec.parts({self.image_input: request.body}), self.reply)
+        return Decoded(self.codec.parts({self.body_kind.input.name: request.body}), self.reply)
 
 
 class OursJSON(_Ours):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.images import preprocess
+from handlers.kinds.image import preprocess
 from handlers.spec import load_spec
 from scripts.build import build_archive
 from scripts.client import TorchServeClient

@@ -98,7 +98,7 @@ def test_token_ids_outside_the_vocabulary_are_refused_and_ids_inside_answered(se
 
 
 def test_text_over_what_max_tokens_can_need_is_refused_and_a_shorter_one_answered(sentiment):
-    limit = sentiment.handler._protocols.codec.text_chars
+    limit = sentiment.handler._protocols.codec.kinds["input_ids"].char_limit
     long_text = "good " * 1_000_000
     body, status, _ = sentiment.one({"inputs": {"input_ids": long_text}})
     assert status == 400

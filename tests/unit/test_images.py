@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from handlers.images import preprocess
-from handlers.io_spec import ImageSpec, InputSpec
+from handlers.kinds.image import preprocess
+from handlers.io_spec import InputSpec
+from handlers.kinds.image import ImageSpec
 from scripts.build import build_archive
 from tests.helpers import InProcessHandler as Served, digits_png_spec
 

@@ -8,7 +8,7 @@ from handlers.checkpoint import read_checkpoint
 from handlers.construction import build_model
 from handlers.device import input_dtype, select_device
 from handlers.errors import WeightsError
-from handlers.records import golden_inputs
+from handlers.golden_inputs import golden_inputs
 from handlers.spec import load_spec
 from model_defs import create_model
 from tests.helpers import digits_spec_data, write_spec

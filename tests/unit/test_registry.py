@@ -13,7 +13,7 @@ import torch
 
 from handlers.errors import ArchitectureError
 from handlers.model_io import ModelIO
-from handlers.records import golden_inputs
+from handlers.golden_inputs import golden_inputs
 from handlers.spec import load_spec
 from model_defs import create_model, definition_files, get_entry, list_models
 from model_defs.registry import _package_imports
