@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from handlers.errors import MarError
+from handlers.errors import SpecError
 from handlers.spec import ModelSpec
 
 __all__ = ["ModelIO"]
@@ -47,15 +47,15 @@ class ModelIO:
         elif isinstance(returned, Mapping):
             absent = [n for n in names if n not in returned]
             if absent:
-                raise MarError(f"{self.spec.source}: forward() returned a mapping with keys "
+                raise SpecError(f"{self.spec.source}: forward() returned a mapping with keys "
                                f"{', '.join(map(str, returned))}, without {', '.join(absent)}. "
                                "Name the outputs to serve under `outputs:` in the spec.")
             values = [returned[n] for n in names]
         else:
-            raise MarError(f"{self.spec.source}: forward() returned {type(returned).__name__}; "
+            raise SpecError(f"{self.spec.source}: forward() returned {type(returned).__name__}; "
                            "serve models that return tensors, tuples or mappings of tensors.")
         if len(values) != len(names) or not all(isinstance(v, Tensor) for v in values):
-            raise MarError(f"{self.spec.source}: forward() returned {len(values)} values "
+            raise SpecError(f"{self.spec.source}: forward() returned {len(values)} values "
                            f"({', '.join(type(v).__name__ for v in values)}) but the spec names "
                            f"{len(names)} outputs ({', '.join(names)}). List one name per returned "
                            "tensor under `outputs:`, in order.")

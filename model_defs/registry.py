@@ -6,7 +6,7 @@
     model = create_model("mlp", in_features=16, hidden_sizes=[32], out_features=4)
 
 This file travels inside every archive together with the definition files an architecture needs, so
-it imports only the standard library, torch and the (equally packaged) error types.
+it imports only the standard library, torch and model_defs.errors.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from handlers.errors import ArchitectureError
+from model_defs.errors import ArchitectureError
 
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry",
            "register_processor", "create_processor", "definition_files"]
@@ -130,8 +130,8 @@ def definition_files(name: str, processor: str | None = None) -> list[Path]:
     package's __init__.py, this registry, the modules defining them, and every package module they
     import."""
     package_dir = Path(__file__).resolve().parent
-    needed = {package_dir / "__init__.py", Path(__file__).resolve()}
-    pending = [get_entry(name).module_file]
+    needed = {package_dir / "__init__.py"}
+    pending = [Path(__file__).resolve(), get_entry(name).module_file]
     if processor is not None:
         create = _PROCESSORS.get(processor)
         if create is None:

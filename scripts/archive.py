@@ -25,7 +25,7 @@ from typing import Callable
 
 import yaml
 
-from handlers.errors import MarError
+from handlers.errors import IntegrityError, UsageError
 from handlers.records import SPEC_FILE
 from handlers.spec import ModelSpec, parse_spec
 
@@ -76,12 +76,12 @@ def open_archive(path: Path) -> Archive:
     """The archive at `path` (a .mar or an archive folder). Raises MarError when it is missing or
     was not built by `mar build`."""
     if not path.exists():
-        raise MarError(f"no archive at {path}. Build it first: `mar build SPEC.yaml`.")
+        raise UsageError(f"no archive at {path}. Build it first: `mar build SPEC.yaml`.")
     if not path.is_dir():
         try:
             zipfile.ZipFile(path).close()
         except zipfile.BadZipFile as err:
-            raise MarError(f"{path} is not a model archive ({err}). Rebuild it.") from None
+            raise IntegrityError(f"{path} is not a model archive ({err}). Rebuild it.") from None
     manifest = json.loads(_read_member(path, MANIFEST_NAME))
     spec = parse_spec(yaml.safe_load(_read_member(path, SPEC_FILE)), source=path / SPEC_FILE)
     return Archive(path, manifest["model"]["modelName"], manifest["model"]["modelVersion"], spec)
@@ -94,7 +94,7 @@ def _read_member(path: Path, member: str) -> bytes:
         with zipfile.ZipFile(path) as mar:
             return mar.read(member)
     except (FileNotFoundError, KeyError):
-        raise MarError(f"{path} has no {member}: it was not built by `mar build`, or was "
+        raise IntegrityError(f"{path} has no {member}: it was not built by `mar build`, or was "
                        "altered. Rebuild it.") from None
 
 

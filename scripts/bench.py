@@ -37,7 +37,7 @@ from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.config import (DEMO_SPEC, REPO_ROOT, ServerConfig, private_env, read_config,
                             write_private_config)
-from handlers.errors import MarError
+from handlers.errors import BenchError, MarError, ServerError, UsageError
 from scripts.model_log import ModelLog
 from scripts.server import start_server, stop_server
 
@@ -58,7 +58,7 @@ def run_bench(*, size_mb: int, repeats: int, out: Path, throughput_s: float,
     Raises MarError for a part that does not exist."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
-        raise MarError(f"unknown bench part {', '.join(unknown)}; the parts are {', '.join(PARTS)} "
+        raise UsageError(f"unknown bench part {', '.join(unknown)}; the parts are {', '.join(PARTS)} "
                        f"(e.g. --parts throughput hostile)")
     with tempfile.TemporaryDirectory(prefix="mar-bench-") as scratch:
         root = Path(workdir or scratch)
@@ -256,7 +256,7 @@ def cold_start(config: ServerConfig, name: str, url: str, probe: bytes, *, keep:
     client.register(url, initial_workers=1)
     while (answer := send()).status != 200:
         if time.perf_counter() - started > 600:
-            raise MarError(f"bench: {name} never answered: HTTP {answer.status} {answer.message}")
+            raise ServerError(f"bench: {name} never answered: HTTP {answer.status} {answer.message}")
         time.sleep(0.01)
     seconds = time.perf_counter() - started
     if not keep:
@@ -276,7 +276,7 @@ def _bench_throughput(config: ServerConfig, root: Path, seconds: float, concurre
     """Each variant under ab, interleaved round by round (load on a 2-core machine drifts by
     +-20% over minutes, so variants are compared inside each round); median per variant."""
     if shutil.which("ab") is None:
-        raise MarError("the throughput benchmark drives the server with ApacheBench (`ab`), which "
+        raise BenchError("the throughput benchmark drives the server with ApacheBench (`ab`), which "
                        "is not installed: `sudo apt-get install apache2-utils`, or pass "
                        "--throughput-seconds 0 to skip it.")
     archives = _throughput_archives(config, root)
@@ -357,7 +357,7 @@ def _bench_protocols(config: ServerConfig, root: Path, seconds: float, concurren
     what costs), driven with the same Open Inference Protocol request as JSON tensors and as binary
     tensors (answers binary too), interleaved round by round."""
     if shutil.which("wrk") is None:
-        raise MarError("the protocols benchmark drives the server with wrk (ApacheBench misreads "
+        raise BenchError("the protocols benchmark drives the server with wrk (ApacheBench misreads "
                        "the binary responses' Inference-Header-Content-Length as Content-Length): "
                        "`sudo apt-get install wrk`, or leave out --parts protocols.")
     folder = root / "protocols"
@@ -410,7 +410,7 @@ def run_runtimes_bench(*, models: tuple[str, ...], runtimes: tuple[str, ...], se
     requests/s and p50/p99 under wrk with binary v2 requests (so the model, not JSON, is timed),
     at the spec's batching, one worker; runtimes interleaved round by round."""
     if shutil.which("wrk") is None:
-        raise MarError("`mar bench --runtimes` drives the server with wrk: `sudo apt-get install wrk`.")
+        raise BenchError("`mar bench --runtimes` drives the server with wrk: `sudo apt-get install wrk`.")
     results: dict = {"machine": _machine(), "seconds": seconds, "concurrency": concurrency,
                      "repeats": repeats, "models": {}}
     with tempfile.TemporaryDirectory(prefix="mar-bench-runtimes-") as scratch:
@@ -611,7 +611,7 @@ def wrk_run(config: ServerConfig, path: str, *, body: Path, level: int, seconds:
     _drain(config, path, body.read_bytes(), extra)
     found = re.search(r"MAR_WRK (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", output)
     if found is None:
-        raise MarError(f"bench: wrk produced no result:\n{output[-2000:]}")
+        raise BenchError(f"bench: wrk produced no result:\n{output[-2000:]}")
     requests, micros, failed, p50_us, p99_us = found.groups()
     return {"requests_per_s": int(requests) / (int(micros) / 1e6), "p50_ms": float(p50_us) / 1000,
             "p99_ms": float(p99_us) / 1000, "completed": int(requests), "failed": int(failed)}
@@ -645,7 +645,7 @@ def ab_run(config: ServerConfig, name: str, body: Path, level: int, seconds: flo
 def _ab_field(output: str, pattern: str) -> str | None:
     match = re.search(pattern, output)
     if match is None and "Requests per second" not in output:
-        raise MarError(f"bench: ab produced no result:\n{output[-2000:]}")
+        raise BenchError(f"bench: ab produced no result:\n{output[-2000:]}")
     return match.group(1) if match else None
 
 

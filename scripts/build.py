@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from handlers.construction import LoadedModel, build_model
-from handlers.errors import MarError
+from handlers.errors import MarError, SpecError, UsageError
 from handlers.hashing import blake3_file, sha256_and_crc32, sha256_bytes, sha256_file
 from handlers.device import prepare_model
 from handlers.model_io import ModelIO
@@ -62,7 +62,7 @@ def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: st
     spec = load_spec(spec_path)
     weights_path = Path(weights).resolve() if weights else spec.weights_path(REPO_ROOT)
     if not weights_path.is_file():
-        raise MarError(f"--weights {weights_path} is not a file. Pass the state_dict file.")
+        raise UsageError(f"--weights {weights_path} is not a file. Pass the state_dict file.")
     export_dir = Path(export_path).resolve()
     target = archive_path(export_dir, spec.name, spec.version, archive_format)
     with tempfile.TemporaryDirectory(prefix="mar-export-") as scratch, \
@@ -103,7 +103,7 @@ def validate(spec: ModelSpec, weights_path: Path) -> tuple[LoadedModel, GoldenRe
     except Exception as err:  # noqa: BLE001 - any failure here is the model's, reported whole
         shapes = ", ".join(f"{name} {list(t.shape)} ({str(t.dtype).removeprefix('torch.')})"
                            for name, t in cases[-1].items())
-        raise MarError(f"{spec.source}: forward pass on inputs {shapes} failed: "
+        raise SpecError(f"{spec.source}: forward pass on inputs {shapes} failed: "
                        f"{type(err).__name__}: {err}. Check the inputs' `shape` (without the "
                        "batch dimension) and `params`.") from None
 
@@ -125,7 +125,7 @@ def _members(spec: ModelSpec, weights_path: Path, served: Path, served_digest: F
         members[f"{FILES_DIR}/{relative}"] = source
     if served.name in members or served.name in (SPEC_FILE, MODEL_CONFIG_FILE, BUILD_RECORD_FILE,
                                                  GOLDEN_FILE):
-        raise MarError(f"weights file name {served.name!r} collides with a file the archive "
+        raise SpecError(f"weights file name {served.name!r} collides with a file the archive "
                        "needs. Rename the weights file.")
     members[SPEC_FILE] = yaml.safe_dump(spec_to_dict(spec, weights=served.name),
                                         sort_keys=False).encode()
@@ -162,7 +162,7 @@ def _spec_files(spec: ModelSpec) -> dict[str, Path]:
     for name in names:
         path = spec.source.parent / name
         if not path.is_file():
-            raise MarError(f"{spec.source}: {name!r} (in `files` or `tokenizer.file`) is not a file "
+            raise SpecError(f"{spec.source}: {name!r} (in `files` or `tokenizer.file`) is not a file "
                            f"at {path}. Put it beside the spec, or fix the path.")
         found[Path(name).as_posix()] = path
     return found

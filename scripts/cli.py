@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from handlers.errors import MarError
+from handlers.errors import MarError, UsageError
 from handlers.runtimes import RUNTIMES
 from handlers.spec import check_worker_range
 from scripts.config import DEFAULT_CONFIG, read_config
@@ -74,7 +74,7 @@ def _cmd_build(args) -> int:
     from scripts.build import build_archive
 
     if args.weights and len(args.specs) > 1:
-        raise MarError(f"--weights applies to one spec, but {len(args.specs)} were given. "
+        raise UsageError(f"--weights applies to one spec, but {len(args.specs)} were given. "
                        "Build them one at a time, or put each weights path in its spec.")
     export_path = args.export_path or read_config(args.config).model_store
     for spec in args.specs:
@@ -138,7 +138,7 @@ def _cmd_convert(args) -> int:
     try:
         params = json.loads(args.params)
     except json.JSONDecodeError as err:
-        raise MarError(f"--params {args.params!r} is not JSON ({err}); e.g. '{{\"channels\": 16}}'"
+        raise UsageError(f"--params {args.params!r} is not JSON ({err}); e.g. '{{\"channels\": 16}}'"
                        ) from None
     count = convert_legacy(args.source, args.out, arch=args.arch, params=params,
                            trusted=args.trust_this_file)
@@ -218,7 +218,7 @@ def _cmd_scale(args) -> int:
     problems: list[str] = []
     check_worker_range(args.min_workers, args.max_workers, problems, names=("--min", "--max"))
     if problems:
-        raise MarError(problems[0] + ".")
+        raise UsageError(problems[0] + ".")
     _client(args).scale(args.name, args.version, min_workers=args.min_workers,
                         max_workers=args.max_workers)
     print(f"{args.name} {args.version or '(default version)'}: min {args.min_workers}, "
@@ -310,7 +310,7 @@ def _cmd_predict(args) -> int:
     try:
         body = args.input.read_bytes()
     except FileNotFoundError:
-        raise MarError(f"no input file {args.input}. Write the request body there, "
+        raise UsageError(f"no input file {args.input}. Write the request body there, "
                        'e.g. {"inputs": [[...]]}.') from None
     print(_client(args).predict(args.name, body, version=args.version).body.decode())
     return 0

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from handlers.errors import MarError
+from handlers.errors import MarError, ServerError, TorchServeError
 from handlers.spec import ServingSpec
 from scripts.config import ServerConfig
 
-__all__ = ["TorchServeClient", "TorchServeError", "Response"]
+__all__ = ["TorchServeClient", "Response"]
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,6 @@ class Response:
             return str(self.json().get("message", self.body.decode()))
         except (ValueError, AttributeError):
             return self.body.decode(errors="replace")
-
-
-class TorchServeError(MarError):
-    """TorchServe refused a call; carries its answer."""
-
-    def __init__(self, action: str, response: Response, hint: str = ""):
-        super().__init__(f"{action} failed (HTTP {response.status}): {response.message}"
-                         + (f". {hint}" if hint else ""))
-        self.response = response
 
 
 class TorchServeClient:
@@ -169,7 +160,7 @@ class TorchServeClient:
         path = f"/models/{quote(name)}" + (f"/{quote(version)}" if version else "")
         response = self._call("GET", self.config.management_url + path, key_kind="management")
         if not response.ok:
-            raise MarError(f"TorchServe has no model {name} {version or ''}(HTTP {response.status}: "
+            raise ServerError(f"TorchServe has no model {name} {version or ''}(HTTP {response.status}: "
                            f"{response.message}). `mar models` lists what is registered.")
         return response.json()
 
@@ -194,11 +185,11 @@ class TorchServeClient:
         except OSError as err:
             if body is not None and len(body) > 1_000_000 and isinstance(
                     err, (ConnectionError, urllib.error.URLError)):
-                raise MarError(f"TorchServe closed the connection while receiving a {len(body):,} "
+                raise ServerError(f"TorchServe closed the connection while receiving a {len(body):,} "
                                "byte body: it refuses bodies over max_request_size in "
                                f"{self.config.path} (HTTP 413). Send smaller requests or raise "
                                "max_request_size deliberately.") from None
-            raise MarError(f"cannot reach TorchServe at {url} ({err}). Is it running? "
+            raise ServerError(f"cannot reach TorchServe at {url} ({err}). Is it running? "
                            f"`mar serve status --config {self.config.path}` tells.") from None
 
     def _renew(self, key_kind: str) -> None:
@@ -206,7 +197,7 @@ class TorchServeClient:
         response = self._send("GET", f"{self.config.management_url}/token?type={key_kind}",
                               key=self.config.key("API"), timeout=30)
         if not response.ok:
-            raise MarError(f"TorchServe refused the {key_kind} token and would not issue a new one "
+            raise ServerError(f"TorchServe refused the {key_kind} token and would not issue a new one "
                            f"(HTTP {response.status}: {response.message}). Is {self.config.key_file} "
                            "from the running server?")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from handlers.errors import MarError
+from handlers.errors import ServerError
 
 __all__ = ["ServerConfig", "read_config", "write_private_config", "private_env", "free_ports",
            "REPO_ROOT", "DEFAULT_CONFIG", "DEMO_SPEC"]
@@ -48,11 +48,11 @@ class ServerConfig:
             keys = json.loads(self.key_file.read_text())
             return keys[kind]["key"]
         except FileNotFoundError:
-            raise MarError(f"{self.key_file} does not exist, so TorchServe for {self.path} is not "
+            raise ServerError(f"{self.key_file} does not exist, so TorchServe for {self.path} is not "
                            "running (it writes the file at start). Start it with `mar serve start`."
                            ) from None
         except (ValueError, KeyError, TypeError):  # TorchServe is still writing it
-            raise MarError(f"{self.key_file} holds no {kind} key yet; retry in a moment.") from None
+            raise ServerError(f"{self.key_file} holds no {kind} key yet; retry in a moment.") from None
 
 
 def read_config(path: str | Path = DEFAULT_CONFIG) -> ServerConfig:
@@ -61,7 +61,7 @@ def read_config(path: str | Path = DEFAULT_CONFIG) -> ServerConfig:
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
-        raise MarError(f"no TorchServe config at {path}. Pass --config PATH to a "
+        raise ServerError(f"no TorchServe config at {path}. Pass --config PATH to a "
                        "config.properties (the repo's is the default).") from None
     props = {}
     for line in lines:
@@ -71,7 +71,7 @@ def read_config(path: str | Path = DEFAULT_CONFIG) -> ServerConfig:
             props[key.strip()] = value.strip()
     missing = [k for k in ("inference_address", "management_address", "model_store") if k not in props]
     if missing:
-        raise MarError(f"{path} lacks {', '.join(missing)}; copy those lines from the repo's "
+        raise ServerError(f"{path} lacks {', '.join(missing)}; copy those lines from the repo's "
                        "config.properties.")
     store = Path(props["model_store"])
     return ServerConfig(path=path,

@@ -14,7 +14,7 @@ from torch import nn
 
 from handlers.checkpoint import read_checkpoint
 from model_defs import create_model
-from handlers.errors import MarError
+from handlers.errors import UsageError, WeightsError
 
 __all__ = ["convert_legacy"]
 
@@ -26,16 +26,16 @@ def convert_legacy(source: Path, out: Path, *, arch: str, params: dict, trusted:
     be loaded, or when the weights do not load strictly into `arch` with `params`.
     """
     if not trusted:
-        raise MarError(f"converting {source} unpickles it, which runs any code it contains. Only "
+        raise UsageError(f"converting {source} unpickles it, which runs any code it contains. Only "
                        "for files you trust, pass --trust-this-file.")
     if out.exists():
-        raise MarError(f"{out} exists; choose another --out path (nothing is overwritten).")
+        raise UsageError(f"{out} exists; choose another --out path (nothing is overwritten).")
     state_dict = _state_dict_of(_unpickle(source), source)
     model = create_model(arch, **params)
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
-        raise MarError(f"the weights in {source} do not load strictly into {arch!r} with params "
+        raise WeightsError(f"the weights in {source} do not load strictly into {arch!r} with params "
                        f"{params}: {err}. Fix --arch or --params.") from None
     _save(model, out)
     return len(read_checkpoint(out).state_dict)  # proves it reads back without unpickling code
@@ -45,10 +45,10 @@ def _unpickle(source: Path) -> object:
     try:
         return torch.load(source, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as err:
-        raise MarError(f"{source} refers to code that is not importable here ({err}). Put the "
+        raise WeightsError(f"{source} refers to code that is not importable here ({err}). Put the "
                        "training code's package on PYTHONPATH for this one command.") from None
     except (RuntimeError, OSError, EOFError) as err:
-        raise MarError(f"{source} is not a readable PyTorch file ({err}).") from None
+        raise WeightsError(f"{source} is not a readable PyTorch file ({err}).") from None
 
 
 def _state_dict_of(obj: object, source: Path) -> dict:
@@ -58,7 +58,7 @@ def _state_dict_of(obj: object, source: Path) -> dict:
         for key in ("model", "module", "net"):
             if isinstance(obj.get(key), nn.Module):
                 return obj[key].state_dict()
-    raise MarError(f"{source} holds a {type(obj).__name__}, not a pickled nn.Module; if it is "
+    raise WeightsError(f"{source} holds a {type(obj).__name__}, not a pickled nn.Module; if it is "
                    "already a state_dict, use it directly as `weights`.")
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from handlers.errors import MarError
+from handlers.errors import ExportError, MarError
 from handlers.model_io import ModelIO
 from handlers.records import GoldenRecord
 from handlers.runtimes import Runtime, load_exported, runtime_named
@@ -97,7 +97,7 @@ def _build_device(spec: ModelSpec, runtime: Runtime) -> torch.device:
         return torch.device("cpu")
     if spec.serving.device == "gpu":
         if not torch.cuda.is_available():
-            raise MarError(f"{spec.source}: runtime {runtime.name} with serving.device: gpu compiles CUDA "
+            raise ExportError(f"{spec.source}: runtime {runtime.name} with serving.device: gpu compiles CUDA "
                            "code, which needs a GPU (and a CUDA build of torch) at build time; "
                            "torch.cuda.is_available() is False here. Build on a GPU host, or set "
                            "serving.device: cpu for a CPU artifact.")
@@ -172,7 +172,7 @@ def _check_against_eager(spec: ModelSpec, runtime: Runtime, path: Path, device: 
     if errors:
         rtol, atol = golden.rtol, golden.atol
         per_output = ", ".join(f"{name} {error:.3g}" for name, error in errors.items())
-        raise MarError(f"{spec.source}: the {spec.serving.runtime} artifact differs from eager "
+        raise ExportError(f"{spec.source}: the {spec.serving.runtime} artifact differs from eager "
                        f"beyond the {spec.serving.precision} tolerance (rtol {rtol:g}, atol "
                        f"{atol:g}): max abs error per output: {per_output}. Nothing was written. "
                        "Serve it with serving.runtime: eager, or another runtime.")
@@ -199,7 +199,7 @@ def _artifact_outputs(spec: ModelSpec, runtime: Runtime, path: Path, device: tor
     if child.returncode != 0:
         crash = f"signal {-child.returncode}" if child.returncode < 0 else f"exit {child.returncode}"
         detail = " ".join(child.stderr.strip().splitlines()[-3:])[:400]
-        raise MarError(f"{spec.source}: the {runtime.name} artifact crashed when run ({crash}{': ' + detail if detail else ''}). "
+        raise ExportError(f"{spec.source}: the {runtime.name} artifact crashed when run ({crash}{': ' + detail if detail else ''}). "
                        "Nothing was written. Serve it with serving.runtime: eager, onnx or "
                        "torchscript.")
     outputs = torch.load(exchange, weights_only=True)
@@ -223,7 +223,7 @@ torch.save([[{k: v.cpu() for k, v in exported(case).items()} for case in cases]
 
 def _refusal(spec: ModelSpec, what: str, err: Exception) -> MarError:
     reason = " ".join(str(err).split())[:600] or type(err).__name__
-    return MarError(f"{spec.source}: serving.runtime {spec.serving.runtime}: {what}: "
+    return ExportError(f"{spec.source}: serving.runtime {spec.serving.runtime}: {what}: "
                     f"{type(err).__name__}: {reason}. Nothing was written. Serve it with "
                     "serving.runtime: eager, which runs the definition as written.")
 

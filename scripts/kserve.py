@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from scripts.build import build_archive
-from handlers.errors import MarError
+from handlers.errors import IntegrityError, KServeError
 from scripts.archive import Archive, open_archive
 from scripts.verify import verify_archive
 
@@ -44,14 +44,14 @@ def export_kserve(sources: list[Path], out: Path, *, service_name: str | None = 
     """Build (specs) or copy (verified archives) into OUT's KServe layout, then write the
     config and the InferenceService. Raises MarError naming the problem and the fix."""
     if out.exists() and any(out.iterdir()):
-        raise MarError(f"{out} is not empty; export into a new folder (nothing is overwritten).")
+        raise KServeError(f"{out} is not empty; export into a new folder (nothing is overwritten).")
     store = out / "model-store"
     store.mkdir(parents=True)
     archives = [_archive_for(source, store) for source in sources]
     _check_unique(archives)
     name = service_name or archives[0].name.lower().replace("_", "-").replace(".", "-")
     if not _DNS_LABEL.match(name) or len(name) > 45:
-        raise MarError(f"InferenceService name {name!r} must be lower-case letters, digits and '-', "
+        raise KServeError(f"InferenceService name {name!r} must be lower-case letters, digits and '-', "
                        "start with a letter and be at most 45 characters; pass --name.")
     (out / "config").mkdir()
     (out / "config" / "config.properties").write_text(kserve_config(archives))
@@ -107,7 +107,7 @@ def inference_service(name: str, archives: list[Archive], *, min_replicas: int, 
                       concurrency_target: int) -> dict:
     """A serving.kserve.io/v1beta1 InferenceService for the exported layout."""
     if min_replicas > max_replicas:
-        raise MarError(f"--min-replicas {min_replicas} exceeds --max-replicas {max_replicas}.")
+        raise KServeError(f"--min-replicas {min_replicas} exceeds --max-replicas {max_replicas}.")
     gpu = any(a.spec.serving.device == "gpu" for a in archives)
     limits = {"cpu": "2", "memory": "4Gi", **({"nvidia.com/gpu": "1"} if gpu else {})}
     return {
@@ -136,9 +136,9 @@ def _archive_for(source: Path, store: Path) -> Archive:
         return open_archive(built.archive)
     verdict = verify_archive(source)
     if not verdict.ok:
-        raise MarError(f"{source} failed verification, so it was not exported:\n{verdict.report}")
+        raise IntegrityError(f"{source} failed verification, so it was not exported:\n{verdict.report}")
     if source.is_dir():
-        raise MarError(f"{source} is an archive folder; KServe's storage needs .mar files. Build "
+        raise KServeError(f"{source} is an archive folder; KServe's storage needs .mar files. Build "
                        "with --format mar.")
     target = store / source.name
     shutil.copyfile(source, target)
@@ -150,7 +150,7 @@ def _check_unique(archives: list[Archive]) -> None:
     for archive in archives:
         key = (archive.name, archive.version)
         if key in seen:
-            raise MarError(f"{archive.name} {archive.version} is exported twice; "
+            raise KServeError(f"{archive.name} {archive.version} is exported twice; "
                            "give each source its own name or version.")
         seen.add(key)
 

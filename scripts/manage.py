@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from handlers.errors import MarError
+from handlers.errors import IntegrityError, MarError, ServerError, TorchServeError, UsageError
 from handlers.records import GOLDEN_FILE, GoldenRecord
 from scripts.archive import Archive, open_archive
-from scripts.client import TorchServeClient, TorchServeError
+from scripts.client import TorchServeClient
 from scripts.config import ServerConfig
 from scripts.model_log import ModelLog
 from scripts.verify import verify_archive
@@ -39,11 +39,11 @@ def register_archive(config: ServerConfig, archive: Path, *, workers: int | None
     _check_in_store(config, opened.path)
     verdict = verify_archive(opened.path)
     if not verdict.ok:
-        raise MarError(f"{opened.path} failed offline verification, so it was not registered:\n"
+        raise IntegrityError(f"{opened.path} failed offline verification, so it was not registered:\n"
                        f"{verdict.report}")
     client = TorchServeClient(config)
     if client.is_registered(opened.name, opened.version):
-        raise MarError(f"{opened.name} {opened.version} is already registered. Unregister it first "
+        raise ServerError(f"{opened.name} {opened.version} is already registered. Unregister it first "
                        f"(`mar unregister {opened.name} {opened.version}`), or build a new version "
                        f"and `mar promote` it.")
     log = ModelLog(config.model_log)
@@ -71,10 +71,10 @@ def promote(config: ServerConfig, archive: Path, *, drain_s: float = 2.0) -> tup
     client = TorchServeClient(config)
     old = client.default_version(name)
     if old is None:
-        raise MarError(f"{name} is not registered, so there is nothing to promote over. Register "
+        raise ServerError(f"{name} is not registered, so there is nothing to promote over. Register "
                        f"the first version with `mar register {archive}`.")
     if old == new:
-        raise MarError(f"{name} {new} is already the serving version. Build the new model with "
+        raise ServerError(f"{name} {new} is already the serving version. Build the new model with "
                        "another `version` in its spec.")
     register_archive(config, opened.path)  # verified offline; workers ready when it returns
     try:
@@ -82,7 +82,7 @@ def promote(config: ServerConfig, archive: Path, *, drain_s: float = 2.0) -> tup
         client.set_default(name, new)
     except MarError as err:
         client.unregister(name, new, check=False)
-        raise MarError(f"promote of {name} {new} failed, so {new} was removed and {old} keeps "
+        raise ServerError(f"promote of {name} {new} failed, so {new} was removed and {old} keeps "
                        f"serving: {err}") from None
     time.sleep(drain_s)  # requests routed to the old version before the switch finish first
     client.unregister(name, old)
@@ -96,11 +96,11 @@ def _overrides(archive: Archive, overrides: dict) -> dict:
     """The command line's serving overrides; the response timeout only where it changes nothing."""
     unknown = set(overrides) - set(_OVERRIDABLE) - {"response_timeout_s"}
     if unknown:
-        raise MarError(f"cannot override {', '.join(sorted(unknown))} at registration.")
+        raise UsageError(f"cannot override {', '.join(sorted(unknown))} at registration.")
     timeout = overrides.get("response_timeout_s")
     recorded = archive.spec.serving.response_timeout_s
     if timeout is not None and timeout != recorded:
-        raise MarError(
+        raise UsageError(
             f"TorchServe takes the response timeout from the archive's model-config.yaml "
             f"({recorded} s) and ignores the register call's value, so --response-timeout "
             f"{timeout} cannot apply. Set serving.response_timeout_s in the spec and rebuild.")
@@ -110,7 +110,7 @@ def _overrides(archive: Archive, overrides: dict) -> dict:
 def _check_in_store(config: ServerConfig, archive: Path) -> None:
     store = config.model_store.resolve()
     if archive.parent != store:
-        raise MarError(f"{archive} is not in the server's model store {store}; TorchServe loads "
+        raise ServerError(f"{archive} is not in the server's model store {store}; TorchServe loads "
                        f"archives from there only. Build into it (`mar build SPEC --export-path "
                        f"{store}`) or copy the archive there.")
 
@@ -125,7 +125,7 @@ def _fail_registration(client: TorchServeClient, archive: Archive, response, log
     if removed:
         client.unregister(archive.name, archive.version, check=False)
     outcome = "so the registration was removed" if removed else "and TorchServe kept no registration"
-    raise MarError(f"{archive.name} {archive.version}: its worker failed to start, {outcome}. "
+    raise ServerError(f"{archive.name} {archive.version}: its worker failed to start, {outcome}. "
                    f"TorchServe said: {response.message}. The worker's error:\n{cause}")
 
 
@@ -139,12 +139,12 @@ def _golden_through_server(client: TorchServeClient, archive: Archive) -> None:
         body = json.dumps({"inputs": values if len(values) > 1 else next(iter(values.values()))})
         response = client.predict(archive.name, body.encode(), version=archive.version, check=False)
         if not response.ok:
-            raise MarError(f"the golden batch got HTTP {response.status}: {response.message}")
+            raise IntegrityError(f"the golden batch got HTTP {response.status}: {response.message}")
         outputs = response.json()["outputs"]
         names = [o.name for o in archive.spec.outputs]
         outputs = outputs if isinstance(outputs, dict) else {names[0]: outputs}
         served.append({name: torch.tensor(value) for name, value in outputs.items()})
     result = golden.compare(served)
     if not result.within:
-        raise MarError(f"the golden check through the server failed (max abs error "
+        raise IntegrityError(f"the golden check through the server failed (max abs error "
                        f"{result.max_error:.3g}: {result.describe()}).")

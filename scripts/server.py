@@ -18,7 +18,7 @@ from pathlib import Path
 
 from scripts.client import TorchServeClient
 from scripts.config import ServerConfig
-from handlers.errors import MarError
+from handlers.errors import ServerError
 
 __all__ = ["start_server", "stop_server"]
 
@@ -32,7 +32,7 @@ def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: boo
     "name version" lines. `env` adds variables for the server (a private TMPDIR/TEMP, say)."""
     client = TorchServeClient(config)
     if client.ping_status() is not None:
-        raise MarError(f"a server already answers at {config.inference_url}. "
+        raise ServerError(f"a server already answers at {config.inference_url}. "
                        "Stop it first (`mar serve stop`) or use another --config.")
     if not config.model_store.is_dir():
         config.model_store.mkdir(parents=True)
@@ -48,7 +48,7 @@ def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: boo
                 _restored_workers_ready(client, restored):
             return restored
         time.sleep(0.3)
-    raise MarError(f"TorchServe did not become healthy at {config.inference_url} within "
+    raise ServerError(f"TorchServe did not become healthy at {config.inference_url} within "
                    f"{timeout_s:.0f} s. Read {config.workdir / 'logs' / 'ts_log.log'} for the cause "
                    "(a port already in use, or Java missing).")
 
@@ -62,7 +62,7 @@ def stop_server(config: ServerConfig, *, timeout_s: float = 60.0,
     deadline = time.monotonic() + timeout_s
     while client.ping_status() is not None:
         if time.monotonic() > deadline:
-            raise MarError(f"TorchServe still answers at {config.inference_url} {timeout_s:.0f} s "
+            raise ServerError(f"TorchServe still answers at {config.inference_url} {timeout_s:.0f} s "
                            "after --stop. Was it started with another TMPDIR? Stop that process.")
         time.sleep(0.3)
 
@@ -106,7 +106,7 @@ def _restoring_config(config: ServerConfig, snapshot: dict) -> tuple[Path, list[
             default = " (default)" if settings.get("defaultVersion") else ""
             restored.append(f"{name} {version}{default}")
     if missing:
-        raise MarError(f"cannot restore the models registered at the last stop: "
+        raise ServerError(f"cannot restore the models registered at the last stop: "
                        f"{', '.join(missing)} no longer in {config.model_store}. Rebuild them, or "
                        "start empty with `mar serve start --no-restore`.")
     path = config.workdir / "logs" / "mar-restore.properties"
@@ -120,7 +120,7 @@ def _torchserve_executable() -> str:
     beside = Path(sys.executable).parent / "torchserve"
     found = str(beside) if beside.exists() else shutil.which("torchserve")
     if found is None:
-        raise MarError("`torchserve` is not installed in this environment. Run `make setup` and "
+        raise ServerError("`torchserve` is not installed in this environment. Run `make setup` and "
                        "use .venv/bin/mar (or `source .venv/bin/activate`).")
     return found
 
@@ -135,7 +135,7 @@ def _java_found() -> bool:
 
 def _torchserve(*args: str, cwd, env: dict[str, str] | None = None) -> None:
     if not _java_found():
-        raise MarError("TorchServe's frontend needs Java 17: `java` is not on PATH and JAVA_HOME "
+        raise ServerError("TorchServe's frontend needs Java 17: `java` is not on PATH and JAVA_HOME "
                        "does not point at one. Install it, "
                        "e.g. `sudo apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) or "
                        "`brew install openjdk@17` (macOS), then retry.")
@@ -147,5 +147,5 @@ def _torchserve(*args: str, cwd, env: dict[str, str] | None = None) -> None:
                                stderr=subprocess.STDOUT, timeout=120,
                                env={**os.environ, **(env or {})})
     if code != 0:
-        raise MarError(f"torchserve {' '.join(args)} failed with exit code {code}: "
+        raise ServerError(f"torchserve {' '.join(args)} failed with exit code {code}: "
                        f"{output.read_text().strip()[-2000:]}")

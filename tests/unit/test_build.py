@@ -26,7 +26,7 @@ def test_archive_holds_exactly_what_the_handler_needs(digits_spec, tmp_path):
     assert names == {
         "MAR-INF/MANIFEST.json", "model_handler.py", "spec.yaml", "model-config.yaml", "digits.pt",
         "build-info.json", "golden.pt", "model_defs/__init__.py", "model_defs/registry.py",
-        "model_defs/digits_cnn.py", *handlers}
+        "model_defs/errors.py", "model_defs/digits_cnn.py", *handlers}
     assert {"handlers/startup.py", "handlers/records.py", "handlers/errors.py",
             "handlers/protocols/oip.py"} <= handlers
     assert spec["weights"] == "digits.pt" and spec["arch"] == "digits_cnn"

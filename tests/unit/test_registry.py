@@ -132,7 +132,7 @@ def test_params_reach_the_constructor():
 
 def test_definition_files_are_only_what_the_architecture_needs():
     names = sorted(path.name for path in definition_files("digits_cnn"))
-    assert names == ["__init__.py", "digits_cnn.py", "registry.py"]
+    assert names == ["__init__.py", "digits_cnn.py", "errors.py", "registry.py"]
 
 
 def test_package_imports_follow_absolute_and_relative_imports(tmp_path):
