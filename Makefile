@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 demo: setup
-	$(BIN)/python -m scripts.demo
+	$(BIN)/python -m scripts.examples.demo
 
 # KServe's SDK checks the exported InferenceService and is the client of the KServe tests; it pins
 # packages (psutil<6) that the serving environment should not get, so it lives in a venv of its own.

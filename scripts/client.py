@@ -7,6 +7,10 @@ TorchServe writes fresh tokens to `key_file.json` at every start and expires the
 inference tokens after `token_expiration_min`. The client reads the file for each call, so it keeps
 working across restarts, and when TorchServe refuses an expired token (with HTTP 400, not 401) it
 asks for a new one with the non-expiring API key and retries once.
+
+The request and response bodies of every protocol are built and read here (`our_request`,
+`our_outputs`, `oip_request`, `oip_outputs`), with the handler's own wire format
+(handlers/protocols/oip_wire.py): nothing else assembles them by hand.
 """
 
 from __future__ import annotations
@@ -15,21 +19,25 @@ import json
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import numpy as np
+
 from handlers.errors import MarError, ServerError, TorchServeError
+from handlers.protocols.oip_wire import message, read_tensors
 from handlers.spec import ServingSpec
 from scripts.config import ServerConfig
 
-__all__ = ["TorchServeClient", "Response"]
+__all__ = ["TorchServeClient", "Response", "our_request", "our_outputs", "oip_request", "oip_outputs"]
 
 
 @dataclass(frozen=True)
 class Response:
     status: int
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -212,9 +220,35 @@ class TorchServeClient:
             request.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as answer:
-                return Response(answer.status, answer.read())
+                return Response(answer.status, answer.read(), dict(answer.headers))
         except urllib.error.HTTPError as err:
-            return Response(err.code, err.read())
+            return Response(err.code, err.read(), dict(err.headers))
+
+
+def our_request(values: dict[str, Any]) -> bytes:
+    """Our protocol's JSON body: {"inputs": value} for one input, {"inputs": {name: value}} for
+    several; tensors and arrays as nested lists."""
+    plain = {name: v.tolist() if hasattr(v, "tolist") else v for name, v in values.items()}
+    return json.dumps({"inputs": plain if len(plain) > 1 else next(iter(plain.values()))}).encode()
+
+
+def our_outputs(response: Response, output_names: list[str]) -> dict[str, Any]:
+    """Our protocol's outputs by name (a one-output model answers its rows alone)."""
+    outputs = response.json()["outputs"]
+    return outputs if isinstance(outputs, dict) else {output_names[0]: outputs}
+
+
+def oip_request(tensors: dict[str, np.ndarray], *, binary: bool,
+                binary_output: bool = False) -> tuple[bytes, dict[str, str]]:
+    """An Open Inference Protocol request of `tensors` (JSON, or the binary extension) and the
+    headers it needs; `binary_output` asks for binary outputs."""
+    extra = {"parameters": {"binary_data_output": True}} if binary_output else None
+    return message("inputs", tensors, binary=binary, extra=extra)
+
+
+def oip_outputs(response: Response) -> dict[str, np.ndarray]:
+    """The output tensors of an Open Inference Protocol response, JSON or binary, by name."""
+    return read_tensors(response.body, response.headers)
 
 
 _LISTS_MODELS = "`mar models` lists what is registered."

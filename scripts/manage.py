@@ -9,7 +9,6 @@ the server.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from handlers.errors import IntegrityError, MarError, ServerError, TorchServeError, UsageError
 from handlers.records import GOLDEN_FILE, GoldenRecord
 from scripts.archive import Archive, open_archive
-from scripts.client import TorchServeClient
+from scripts.client import TorchServeClient, our_outputs, our_request
 from scripts.config import ServerConfig
 from scripts.model_log import ModelLog
 from scripts.verify import verify_archive
@@ -133,17 +132,14 @@ def _golden_through_server(client: TorchServeClient, archive: Archive) -> None:
     """The archive's golden batches through /predictions/<name>/<version>, within tolerance."""
     golden = GoldenRecord.from_bytes(archive.read(GOLDEN_FILE))
     served = []
+    names = [o.name for o in archive.spec.outputs]
     for inputs, _ in golden.cases:
-        values = {name: tensor.float().tolist() if tensor.is_floating_point() else tensor.tolist()
-                  for name, tensor in inputs.items()}
-        body = json.dumps({"inputs": values if len(values) > 1 else next(iter(values.values()))})
-        response = client.predict(archive.name, body.encode(), version=archive.version, check=False)
+        body = our_request({name: tensor.float() if tensor.is_floating_point() else tensor
+                            for name, tensor in inputs.items()})
+        response = client.predict(archive.name, body, version=archive.version, check=False)
         if not response.ok:
             raise IntegrityError(f"the golden batch got HTTP {response.status}: {response.message}")
-        outputs = response.json()["outputs"]
-        names = [o.name for o in archive.spec.outputs]
-        outputs = outputs if isinstance(outputs, dict) else {names[0]: outputs}
-        served.append({name: torch.tensor(value) for name, value in outputs.items()})
+        served.append({name: torch.tensor(value) for name, value in our_outputs(response, names).items()})
     result = golden.compare(served)
     if not result.within:
         raise IntegrityError(f"the golden check through the server failed (max abs error "

@@ -22,7 +22,7 @@ from handlers.spec import load_spec
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.manage import register_archive
-from scripts.bench_hostile import hostile_requests
+from scripts.bench.hostile import hostile_requests
 from tests.helpers import digits_png_spec, example_spec
 
 MODEL = "digits_cnn_png"

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from scripts.build import build_archive
-from scripts.bench_hostile import png_declaring
+from scripts.bench.hostile import png_declaring
 from tests.helpers import InProcessHandler, digits_png_spec, example_spec
 
 EXAMPLES = int(os.environ.get("MAR_FUZZ_EXAMPLES", "120"))

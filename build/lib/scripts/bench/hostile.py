@@ -1,4 +1,4 @@
-"""`mar bench --parts hostile`: what hostile traffic costs the valid requests beside it.
+"""hostile: what hostile traffic costs the valid requests beside it.
 
 - mix: the image model the 40000x40000-pixel PNG report used (digits CNN, image input with resize
   and center crop, batch 16, one worker) under 16 concurrent clients for `seconds`, first with only
@@ -26,20 +26,22 @@ import numpy as np
 import torch
 import yaml
 
+from scripts.bench.harness import BenchRun
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
-from scripts.config import REPO_ROOT, ServerConfig
+from scripts.config import REPO_ROOT
 
-__all__ = ["bench_hostile", "print_hostile", "valid_requests", "hostile_requests", "png_declaring", "HOSTILE_SHARE"]
+__all__ = ["measure", "report", "valid_requests", "hostile_requests", "png_declaring", "HOSTILE_SHARE"]
 
 HOSTILE_SHARE = 0.10
 CLIENTS = 16
 MODEL = "digits_cnn_png"
 
 
-def bench_hostile(config: ServerConfig, root: Path, seconds: float, rounds: int) -> dict:
+def measure(run: BenchRun) -> dict:
     """The valid requests' latency without and with a 10% hostile mix, and the 5 MB text's cost."""
-    folder = root / "hostile"
+    config, seconds, rounds = run.config, run.seconds, run.repeats
+    folder = run.root / "hostile"
     folder.mkdir()
     archive = build_archive(_image_spec(folder), export_path=config.model_store).archive
     client = TorchServeClient(config)
@@ -57,7 +59,7 @@ def bench_hostile(config: ServerConfig, root: Path, seconds: float, rounds: int)
             "text": _text_cost(folder)}
 
 
-def print_hostile(results: dict) -> None:
+def report(results: dict) -> None:
     mix, text = results["hostile"]["mix"], results["hostile"]["text"]
     print(f"\nhostile traffic, digits CNN with image preprocessing, batch 16, 1 worker, c={CLIENTS}"
           f"; only valid requests timed")

@@ -1,7 +1,7 @@
-"""`python -m scripts.examples`: seeded random weights for the example specs that have no bundled
+"""`python -m scripts.examples.weights`: seeded random weights for the example specs that have no bundled
 training data (model_defs/specs/sentiment.yaml, speaker.yaml), so they build and serve as written.
 
-    python -m scripts.examples && mar build model_defs/specs/sentiment.yaml model_defs/specs/speaker.yaml
+    python -m scripts.examples.weights && mar build model_defs/specs/sentiment.yaml model_defs/specs/speaker.yaml
 """
 
 from __future__ import annotations

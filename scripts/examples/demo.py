@@ -9,7 +9,6 @@ image/png body, `mar serve stop`.
 from __future__ import annotations
 
 import io
-import json
 import statistics
 import sys
 import time
@@ -19,11 +18,11 @@ from PIL import Image
 
 from handlers.spec import load_spec
 from scripts.build import build_archive
-from scripts.client import TorchServeClient
+from scripts.client import TorchServeClient, our_request
 from scripts.config import DEFAULT_CONFIG, DEMO_SPEC, REPO_ROOT, read_config
 
 PNG_SPEC = DEMO_SPEC.with_name("digits_cnn_png.yaml")
-from scripts.digits import accuracy, load_split, save_state_dict, train
+from scripts.examples.digits import accuracy, load_split, save_state_dict, train
 from handlers.errors import MarError
 from scripts.manage import register_archive
 from scripts.server import start_server, stop_server
@@ -77,7 +76,7 @@ def main() -> int:
 
 
 def _json_body(image: np.ndarray) -> bytes:
-    return json.dumps({"inputs": image.tolist()}).encode()
+    return our_request({"input": image})
 
 
 def _png_body(image: np.ndarray) -> bytes:

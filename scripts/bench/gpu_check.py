@@ -1,4 +1,4 @@
-"""The GPU check behind scripts/gpu_check.sh: one table from a private TorchServe with one GPU.
+"""The GPU check behind scripts/bench/gpu_check.sh: one table from a private TorchServe with one GPU.
 
 For each model (the demo digits CNN, ResNet-18, a ~1 GiB MLP), precision and runtime: build time,
 cold start (register call to first answer), requests/s and p50/p99 under wrk with binary v2
@@ -22,7 +22,9 @@ import yaml
 
 from handlers.errors import MarError
 from handlers.runtimes import RUNTIMES
-from scripts.bench import _binary_request, cold_start, make_bench_model, wrk_run
+from scripts.bench import make_bench_model, wrk_run
+from scripts.bench.cold_start import cold_start
+from scripts.bench.runtimes import binary_request
 from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.config import DEMO_SPEC, REPO_ROOT, private_env, read_config, write_private_config
@@ -118,7 +120,7 @@ def _row(config, root: Path, label: str, data: dict, shape: list[int], precision
     row["build_s"] = time.perf_counter() - started
     folder = root / name
     folder.mkdir()
-    body, header = _binary_request(folder, shape)
+    body, header = binary_request(folder, shape)
     try:
         started = cold_start(config, name, f"{name}-1.0.mar", body.read_bytes(), keep=True,
                              v2_json_length=header)

@@ -1,0 +1,116 @@
+"""Requests of different lengths in one TorchServe batch, without changing any request's answer.
+
+Padding changes what an LSTM's last state or a convolution sees, so it happens only when the spec
+names an attention mask: then every part of the batch is padded to the longest (inputs with their
+`pad` value, the mask with 0) and runs in one forward pass. Otherwise parts of the same shape run
+together, one forward pass per distinct shape. Outputs that follow a dynamic input dimension are cut
+back to each part's own length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from handlers.inputs import Part
+from handlers.kinds.tensor import pad_concat
+from handlers.spec import ModelSpec
+
+__all__ = ["Batcher", "Batch", "Outputs"]
+
+Outputs = dict[str, np.ndarray | list[np.ndarray]]  # one request's rows per output name
+
+
+@dataclass(frozen=True)
+class _Member:
+    request: int
+    part: Part
+    start: int  # its first row in the batch
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One forward pass: its input tensors on the device, and whose rows they are."""
+    inputs: dict[str, Tensor]
+    members: list[_Member]
+
+
+class Batcher:
+    def __init__(self, spec: ModelSpec, device: torch.device, dtypes: dict[str, torch.dtype],
+                 pad_values: dict[str, float]) -> None:
+        self.spec, self.device, self.dtypes, self.pad_values = spec, device, dtypes, pad_values
+        self.inputs = {i.name: i for i in spec.inputs}
+        self.follows = {o.name: o.follows for o in spec.outputs if o.follows}
+
+    def batches(self, requests: list[list[Part]]) -> list[Batch]:
+        """The requests' parts as forward passes: one, padded, with an attention mask; else one
+        per distinct shape."""
+        members = [(index, part) for index, parts in enumerate(requests) for part in parts]
+        if self.spec.io.attention_mask:
+            keys = [0] * len(members)  # all together, padded
+        else:
+            keys = [tuple(part[name].shape[1:] for name in self.inputs) for _, part in members]
+        groups: dict[object, list[_Member]] = {}
+        offsets: dict[object, int] = {}
+        for key, (index, part) in zip(keys, members):
+            start = offsets.get(key, 0)
+            groups.setdefault(key, []).append(_Member(index, part, start))
+            offsets[key] = start + len(next(iter(part.values())))
+        return [Batch({name: self._tensor(name, [m.part[name] for m in group])
+                       for name in self.inputs}, group) for group in groups.values()]
+
+    def split(self, batches: list[Batch], outputs: list[dict[str, Tensor]],
+              requests: int) -> list[Outputs]:
+        """Every request's rows of every output, cut back to its lengths, in request order."""
+        per_request: list[dict[str, list[np.ndarray]]] = [{} for _ in range(requests)]
+        for batch, batch_outputs in zip(batches, outputs):
+            arrays = {name: _to_numpy(value) for name, value in batch_outputs.items()}
+            for member in batch.members:
+                rows = len(next(iter(member.part.values())))
+                for name, values in arrays.items():
+                    piece = self._trimmed(name, values[member.start:member.start + rows], member.part)
+                    per_request[member.request].setdefault(name, []).append(piece)
+        return [{name: _joined(pieces) for name, pieces in outputs.items()}
+                for outputs in per_request]
+
+    def _tensor(self, name: str, arrays: list[np.ndarray]) -> Tensor:
+        """One input's arrays as a tensor on the device, padded to the longest when they differ;
+        on a GPU through pinned memory, so the copy is asynchronous."""
+        shapes = {a.shape[1:] for a in arrays}
+        if len(shapes) == 1:
+            stacked = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        else:
+            longest = tuple(max(sizes) for sizes in zip(*shapes))
+            stacked = pad_concat(arrays, longest, self.pad_values[name])
+        if not stacked.flags.writeable:  # a v2 binary tensor is a view of the request bytes
+            stacked = stacked.copy()
+        tensor = torch.from_numpy(np.ascontiguousarray(stacked))
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, dtype=self.dtypes[name], non_blocking=True)
+
+    def _trimmed(self, output: str, values: np.ndarray, part: Part) -> np.ndarray:
+        """An output that follows an input's dynamic dimensions, cut back to this part's lengths."""
+        source = self.follows.get(output)
+        if source is None:
+            return values
+        lengths = [part[source].shape[1 + axis] for axis in self.inputs[source].dynamic]
+        return values[(slice(None), *(slice(0, n) for n in lengths))]
+
+
+def _to_numpy(value: Tensor) -> np.ndarray:
+    """Back to the CPU once; floating outputs as float32 (JSON and numpy have no bfloat16)."""
+    value = value.detach()
+    return (value.float() if value.is_floating_point() else value).cpu().numpy()
+
+
+def _joined(pieces: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """A request's rows as one array, or per sample when its parts differ in shape."""
+    if len(pieces) == 1:
+        return pieces[0]
+    if len({p.shape[1:] for p in pieces}) == 1:
+        return np.concatenate(pieces)
+    return [row for piece in pieces for row in piece]

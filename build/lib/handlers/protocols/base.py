@@ -1,0 +1,112 @@
+"""What every protocol shares: the request as TorchServe hands it over, the answer a request gets
+from the batch, and the reply bodies (JSON, or TorchServe's error shape)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import orjson
+
+from handlers.errors import RequestError
+from handlers.inputs import InputCodec, Part
+from handlers.spec import ModelSpec
+
+__all__ = ["Request", "Answer", "Reply", "Decoded", "Protocol", "error_reply", "json_reply"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's share of a batch: its rows of every output, and its predictions."""
+    outputs: dict[str, Any]  # output name -> (n, ...) array, or a list of arrays per sample
+    predictions: list[dict[str, Any]] | None  # per sample, with labels
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    parts: list[Part]  # the request's samples, see handlers/inputs.py
+    encode: Callable[[Answer], Reply]  # its answer in its own protocol
+
+
+class Request:
+    """One TorchServe request: its body, or its form fields (multipart), and its headers. TorchServe
+    sends `/predictions/<name>`, `/v1/models/<name>:predict` and `/v2/models/<name>/infer` to the
+    same worker without saying which was called, so the protocols tell them apart from these."""
+
+    def __init__(self, request: dict, headers: dict[str, Any]) -> None:
+        self.fields = {k: v for k, v in request.items() if k not in ("body", "data")}
+        self.body = request.get("body", request.get("data"))
+        self.headers = headers
+        self.content_type = str((headers.get("body") or headers.get("data") or {}).get(
+            "content-type", "")).split(";")[0].strip().lower()
+
+    def header(self, name: str) -> str | None:
+        """A top-level header's value, by its lower-case name."""
+        return next((str(v) for k, v in self.headers.items()
+                     if k.lower() == name and isinstance(v, str)), None)
+
+    @cached_property
+    def payload(self) -> Any:
+        """The parsed JSON body (parsed once, whichever protocol asks). Raises RequestError."""
+        if isinstance(self.body, (bytes, bytearray, str)):
+            try:
+                return orjson.loads(self.body)
+            except orjson.JSONDecodeError as err:
+                raise RequestError(f"request body is not valid JSON ({err}); send UTF-8 JSON "
+                                   '(no NaN or Infinity) with {"inputs": ...}') from None
+        return self.body  # parsed already by TorchServe
+
+    @property
+    def is_json(self) -> bool:
+        try:
+            self.payload
+        except RequestError:
+            return False
+        return True
+
+    def object_with(self, key: str) -> bool:
+        """Whether the body is a JSON object with `key`."""
+        return self.is_json and isinstance(self.payload, dict) and key in self.payload
+
+
+class Protocol:
+    """One request protocol: `matches` looks at a request, `decode` turns it into parts and the
+    way to answer it. Raises RequestError naming the rule a request breaks."""
+
+    def __init__(self, spec: ModelSpec, codec: InputCodec, processor: Any = None) -> None:
+        self.spec, self.codec, self.processor = spec, codec, processor
+        self.input_names = [i.name for i in spec.inputs]
+        self.output_names = [o.name for o in spec.outputs]
+
+    def matches(self, request: Request) -> bool:
+        raise NotImplementedError
+
+    def decode(self, request: Request) -> Decoded:
+        raise NotImplementedError
+
+    def encoded_outputs(self, answer: Answer) -> dict[str, Any]:
+        """The outputs as the spec's processor maps them for clients (as they are without one)."""
+        return self.processor.encode(answer.outputs) if self.processor else answer.outputs
+
+
+_ERROR_TYPES = {400: "BadRequest", 500: "InternalServerError"}
+
+
+def error_reply(status: int, message: str) -> Reply:
+    """An error body: TorchServe's error shape, plus `error`, which KServe's clients read."""
+    return json_reply({"code": status, "type": _ERROR_TYPES[status], "message": message,
+                       "error": message})
+
+
+def json_reply(body: dict) -> Reply:
+    # Bytes go out as they are; TorchServe would re-encode a dict with json and indent=2.
+    return Reply(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))

@@ -1,0 +1,203 @@
+"""The files `mar build` writes into every archive to prove what it built, each with one owner
+that writes it, reads it, checks its format version and holds its checks:
+
+    build-info.json   BuildRecord: sha256 of every packaged file (and BLAKE3 of the weights, for
+                      the fast check at every worker start), git state, torch version, load notes
+    golden.pt         GoldenRecord: seeded inputs (handlers/golden_inputs.py) and the outputs the
+                      eval-mode model gave at build, with the tolerance of the spec's precision
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from handlers.errors import IntegrityError
+from handlers.hashing import sha256_file
+
+__all__ = ["FILES_DIR", "SPEC_FILE", "MODEL_CONFIG_FILE", "BUILD_RECORD_FILE", "GOLDEN_FILE", "BuildRecord",
+           "WeightsEntry", "GoldenRecord", "GoldenComparison"]
+
+SPEC_FILE = "spec.yaml"
+MODEL_CONFIG_FILE = "model-config.yaml"
+BUILD_RECORD_FILE = "build-info.json"
+GOLDEN_FILE = "golden.pt"
+FILES_DIR = "files"  # the spec's `files` and tokenizer, under their relative paths
+
+
+def _check_format(found: Any, supported: int, where: str) -> None:
+    if not isinstance(found, int) or found > supported:
+        raise IntegrityError(f"{where} has format {found!r}; this handler reads format "
+                             f"{supported} or older. Rebuild the archive with this repository's "
+                             "`mar build`, or serve it with the version that built it.")
+
+
+# ---- build-info.json ----
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    file: str  # its name in the archive
+    bytes: int
+    sha256: str  # for the record and `mar verify`
+    blake3: str  # for the check at every worker start: ~4x faster than sha256 here
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    FORMAT: ClassVar[int] = 2  # 2: runtime; format 1 records (eager only) read as they are
+
+    model: dict[str, str]  # name, version, arch
+    weights: WeightsEntry
+    files: dict[str, str]  # archive name -> sha256, for every packaged file but the weights
+    source: dict[str, Any] | None  # git commit and uncommitted changes; None outside git
+    torch_version: str
+    checkpoint: dict[str, list[str]]  # normalised, let_through_missing, ignored_unexpected
+    golden: dict[str, Any]  # file, precision, batch_size
+    # eager: None. An exported runtime: {"name", "target_device", "eager_weights_sha256"}; then
+    # `weights` is the exported artifact, which holds the weights.
+    runtime: dict[str, Any] | None = None
+
+    def to_bytes(self) -> bytes:
+        data = {"format": self.FORMAT, **asdict(self)}
+        return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def read(cls, model_dir: Path) -> "BuildRecord":
+        """The record of an extracted archive. Raises IntegrityError."""
+        path = model_dir / BUILD_RECORD_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise IntegrityError(f"{model_dir} has no {BUILD_RECORD_FILE}: it was not built by "
+                                 "`mar build` (or the file was removed). Rebuild it with "
+                                 "`mar build SPEC`.") from None
+        except ValueError as err:
+            raise IntegrityError(f"{path} is not valid JSON ({err}): the archive was altered "
+                                 "after `mar build`. Rebuild it.") from None
+        _check_format(data.pop("format", None), cls.FORMAT, str(path))
+        return cls(**{**data, "weights": WeightsEntry(**data["weights"])})
+
+    def check_files(self, model_dir: Path) -> None:
+        """Every packaged file but the weights (hashed while loading) matches the record."""
+        altered = sorted(name for name, digest in self.files.items()
+                         if not (model_dir / name).is_file()
+                         or sha256_file(model_dir / name) != digest)
+        if altered:
+            raise IntegrityError(f"{model_dir}: {', '.join(altered)} differ from the archive's "
+                                 "build record: the archive was altered after `mar build`. "
+                                 "Rebuild it.")
+
+    def check_weights_sha256(self, model_dir: Path) -> None:
+        """The weights against their recorded sha256 (workers check the faster BLAKE3)."""
+        if sha256_file(model_dir / self.weights.file) != self.weights.sha256:
+            raise IntegrityError(f"{self.weights.file} does not match its recorded sha256: the "
+                                 "archive was altered after `mar build`. Rebuild it.")
+
+
+# ---- golden.pt ----
+
+Tensors = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class GoldenComparison:
+    max_error: float  # largest absolute difference over every output; inf when a shape differs
+    within: bool  # within the record's tolerance
+    errors: dict[str, float] = field(default_factory=dict)  # per output
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {error:.3g}" for name, error in self.errors.items())
+
+
+@dataclass(frozen=True)
+class GoldenRecord:
+    """Inputs and the outputs the model gave at build, in cases: one batch per length of the
+    dynamic dimensions, and for a model with an attention mask one batch of mixed lengths padded
+    as the handler pads them."""
+    FORMAT: ClassVar[int] = 2
+    # (rtol, atol) by precision: fp32 allows for another device or thread count; fp16/bf16 for
+    # their 11- and 8-bit mantissas.
+    TOLERANCES: ClassVar[dict[str, tuple[float, float]]] = {
+        "fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
+
+    cases: list[tuple[Tensors, Tensors]]  # (inputs, outputs) per case
+    rtol: float
+    atol: float
+
+    @classmethod
+    def tolerance(cls, precision: str) -> tuple[float, float]:
+        """(rtol, atol) of the golden check at `precision`."""
+        return cls.TOLERANCES[precision]
+
+    @classmethod
+    def record(cls, model_io: Callable[[Tensors], Tensors], inputs: list[Tensors],
+               precision: str) -> "GoldenRecord":
+        """Run each case's inputs through the eval-mode model and keep what it gave."""
+        rtol, atol = cls.tolerance(precision)
+        return cls([(case, {k: v.clone() for k, v in model_io(case).items()}) for case in inputs],
+                   rtol, atol)
+
+    @property
+    def largest_inputs(self) -> Tensors:
+        """The inputs of the case with the most elements: the warm-up that matters."""
+        return max((inputs for inputs, _ in self.cases),
+                   key=lambda case: sum(t.numel() for t in case.values()))
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({"format": self.FORMAT, "rtol": self.rtol, "atol": self.atol,
+                    "cases": [{"inputs": i, "outputs": o} for i, o in self.cases]}, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = GOLDEN_FILE) -> "GoldenRecord":
+        saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        _check_format(saved.get("format", 1), cls.FORMAT, where)
+        if "cases" not in saved:  # format 1: one tensor in, one tensor out
+            cases = [({"input": saved["inputs"]}, {"output": saved["outputs"]})]
+        else:
+            cases = [(case["inputs"], case["outputs"]) for case in saved["cases"]]
+        return cls(cases, float(saved["rtol"]), float(saved["atol"]))
+
+    @classmethod
+    def read(cls, model_dir: Path) -> "GoldenRecord":
+        return cls.from_bytes((model_dir / GOLDEN_FILE).read_bytes(), str(model_dir / GOLDEN_FILE))
+
+    def compare(self, outputs: list[Tensors]) -> GoldenComparison:
+        """How far `outputs` (one mapping per case) are from the recorded ones."""
+        errors, within = {}, True
+        for got, (_, expected) in zip(outputs, self.cases):
+            for name, want in expected.items():
+                have = got.get(name)
+                if have is None or have.shape != want.shape:
+                    errors[name], within = float("inf"), False
+                    continue
+                have, want = have.float().cpu(), want.float()
+                error = float((have - want).abs().max()) if want.numel() else 0.0
+                errors[name] = max(errors.get(name, 0.0), error)
+                within &= bool(torch.allclose(have, want, rtol=self.rtol, atol=self.atol))
+        return GoldenComparison(max(errors.values(), default=0.0), within, errors)
+
+    def run(self, model_io: Callable[[Tensors], Tensors], device: torch.device) -> GoldenComparison:
+        """Run the recorded inputs through the model on `device` and compare."""
+        return self.compare([model_io({k: v.to(device) for k, v in inputs.items()})
+                             for inputs, _ in self.cases])
+
+    def check(self, model_io: Callable[[Tensors], Tensors], device: torch.device,
+              where: Path) -> float:
+        """The golden check; returns the max abs error, raises IntegrityError beyond tolerance."""
+        result = self.run(model_io, device)
+        if not result.within:
+            raise IntegrityError(
+                f"golden check failed in {where}: outputs differ from those recorded at build by up "
+                f"to {result.max_error:.3g} ({result.describe()}), beyond the tolerance for this "
+                "precision. The definition, weights or torch version changed how the model "
+                "computes; rebuild and compare with `mar verify`.")
+        return result.max_error

@@ -1,0 +1,1 @@
+"""The `mar` command line: build, verify and serve model archives with TorchServe."""

@@ -1,0 +1,229 @@
+"""Export the validated eager model to the spec's `serving.runtime`, and prove the artifact equal.
+
+1. torch.export captures the model with a dynamic batch dimension (up to the spec's batch size)
+   and the spec's dynamic dimensions (up to their `max`). This is the gate for every runtime: it
+   refuses data-dependent control flow instead of recording the one path an example took (which
+   tracing does silently), so an artifact is built only from a graph that holds for every input the
+   eager model accepts within the spec's shapes.
+2. The runtime's exporter writes the artifact: torch.jit.trace (TorchScript), torch.onnx.export
+   with dynamo=True (ONNX), aoti_compile_and_package with Inductor's freezing (AOTInductor, for
+   the device it is built on).
+3. The artifact, loaded back exactly as a worker loads it, runs every golden case and each case's
+   first sample alone (batch 1), and must match eager within the precision's tolerance; else the
+   build fails with the error per output.
+Nothing is written into the model store unless all three pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from handlers.errors import ExportError, MarError
+from handlers.model_io import ModelIO
+from handlers.records import GoldenRecord
+from handlers.runtimes import Runtime, load_exported, runtime_named
+from handlers.spec import ModelSpec, spec_to_dict
+
+__all__ = ["ExportedArtifact", "export_artifact", "exporter_of", "export_torchscript", "export_onnx",
+           "export_aoti"]
+
+
+@dataclass(frozen=True)
+class ExportedArtifact:
+    path: Path  # the artifact, in a temporary folder the caller removes
+    target_device: str  # "cpu" or "cuda": where it was built to run
+    seconds: float
+    max_error: float  # against eager, over the golden cases and batch 1
+
+
+class _Positional(nn.Module):
+    """The model with the artifacts' calling convention: inputs by position in the spec's order,
+    outputs as a tuple in the spec's order."""
+
+    def __init__(self, spec: ModelSpec, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._io = ModelIO(spec, model)
+        self.names = self._io.input_names
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        if self._io.by_keyword:
+            returned = self.model(**dict(zip(self.names, inputs)))
+        else:
+            returned = self.model(*inputs)
+        return tuple(self._io.name_outputs(returned).values())
+
+
+def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord,
+                    folder: Path) -> ExportedArtifact:
+    """Export `model` (eval mode, loaded and validated) to `spec.serving.runtime` in `folder`.
+    Raises MarError naming the runtime and the reason, suggesting eager."""
+    runtime = runtime_named(spec.serving.runtime)
+    device = _build_device(spec, runtime)
+    started = time.perf_counter()
+    wrapper = _Positional(spec, model).eval().to(device)
+    example = [t.to(device) for t in golden.largest_inputs.values()]
+    program = _captured(spec, wrapper, example)
+    path = folder / runtime.artifact
+    try:
+        exporter_of(runtime)(spec, program, example, path)
+    except MarError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any exporter failure is reported whole
+        raise _refusal(spec, f"the {runtime.name} exporter failed", err) from err
+    seconds = time.perf_counter() - started
+    error = _check_against_eager(spec, runtime, path, device, golden, ModelIO(spec, model))
+    return ExportedArtifact(path, device.type, seconds, error)
+
+
+def exporter_of(runtime: Runtime):
+    """The function its table entry names: (spec, exported program, example inputs, path)."""
+    module, function = runtime.exporter.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _build_device(spec: ModelSpec, runtime: Runtime) -> torch.device:
+    """A device-bound runtime compiles for a device; the others export device-free graphs on the
+    CPU."""
+    if not runtime.device_bound:
+        return torch.device("cpu")
+    if spec.serving.device == "gpu":
+        if not torch.cuda.is_available():
+            raise ExportError(f"{spec.source}: runtime {runtime.name} with serving.device: gpu compiles CUDA "
+                           "code, which needs a GPU (and a CUDA build of torch) at build time; "
+                           "torch.cuda.is_available() is False here. Build on a GPU host, or set "
+                           "serving.device: cpu for a CPU artifact.")
+        return torch.device("cuda")
+    return torch.device("cuda" if spec.serving.device == "auto" and torch.cuda.is_available()
+                        else "cpu")
+
+
+def _dynamic_shapes(spec: ModelSpec, example: list[Tensor]) -> tuple:
+    """A Dim per dynamic dimension, shared by inputs whose k-th dynamic dimension has the same
+    bound (input_ids and its attention_mask grow together); the batch dimension is one Dim."""
+    batch = torch.export.Dim("batch", min=1, max=spec.serving.batch_size) \
+        if spec.serving.batch_size > 1 else None
+    dims: dict[tuple[int, int], object] = {}
+    shapes = []
+    for model_input in spec.inputs:
+        entry = {0: batch} if batch is not None else {}
+        for k, (axis, bound) in enumerate(zip(model_input.dynamic, model_input.max)):
+            if bound > 1:
+                dims.setdefault((k, bound), torch.export.Dim(f"d{k}_{bound}", min=1, max=bound))
+                entry[axis + 1] = dims[(k, bound)]
+        shapes.append(entry or None)
+    return tuple(shapes)
+
+
+def _captured(spec: ModelSpec, wrapper: nn.Module, example: list[Tensor]):
+    try:
+        return torch.export.export(wrapper, tuple(example),
+                                   dynamic_shapes={"inputs": _dynamic_shapes(spec, example)})
+    except Exception as err:  # noqa: BLE001 - torch.export's reason is the user's answer
+        raise _refusal(spec, "torch.export cannot capture the model for every input the spec "
+                             "allows (data-dependent control flow, an unsupported op, or a "
+                             "dimension the model fixes)", err) from err
+
+
+def export_torchscript(spec: ModelSpec, program, example: list[Tensor], path: Path) -> None:
+    # Traced from the exported graph, which torch.export proved free of data-dependent branches.
+    traced = torch.jit.trace(program.module(), tuple(example), check_trace=False, strict=False)
+    torch.jit.save(traced, str(path))
+
+
+def export_onnx(spec: ModelSpec, program, example: list[Tensor], path: Path) -> None:
+    onnx_program = torch.onnx.export(program, tuple(example), dynamo=True,
+                                     input_names=[i.name for i in spec.inputs],
+                                     output_names=[o.name for o in spec.outputs], verbose=False)
+    onnx_program.save(str(path))
+
+
+def export_aoti(spec: ModelSpec, program, example: list[Tensor], path: Path) -> None:
+    import torch._inductor.config as inductor
+
+    # Freezing folds the weights into the graph and prepacks them for oneDNN's convolutions.
+    with inductor.patch(freezing=True):
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+
+
+def _check_against_eager(spec: ModelSpec, runtime: Runtime, path: Path, device: torch.device,
+                         golden: GoldenRecord, eager: ModelIO) -> float:
+    """The artifact, loaded as a worker loads it, against eager: every golden case, and each
+    case's first sample alone."""
+    single = GoldenRecord([({k: v[:1].clone() for k, v in inputs.items()},
+                            eager({k: v[:1].clone() for k, v in inputs.items()}))
+                           for inputs, _ in golden.cases], golden.rtol, golden.atol)
+    records = (golden, single)
+    outputs = _artifact_outputs(spec, runtime, path, device, [r.cases for r in records])
+    errors, worst = {}, 0.0
+    for record, got in zip(records, outputs):
+        result = record.compare(got)
+        worst = max(worst, result.max_error)
+        if not result.within:
+            errors.update({k: max(v, errors.get(k, 0.0)) for k, v in result.errors.items()})
+    if errors:
+        rtol, atol = golden.rtol, golden.atol
+        per_output = ", ".join(f"{name} {error:.3g}" for name, error in errors.items())
+        raise ExportError(f"{spec.source}: the {spec.serving.runtime} artifact differs from eager "
+                       f"beyond the {spec.serving.precision} tolerance (rtol {rtol:g}, atol "
+                       f"{atol:g}): max abs error per output: {per_output}. Nothing was written. "
+                       "Serve it with serving.runtime: eager, or another runtime.")
+    return worst
+
+
+def _artifact_outputs(spec: ModelSpec, runtime: Runtime, path: Path, device: torch.device,
+                      case_lists: list[list]) -> list[list[dict[str, Tensor]]]:
+    """The artifact's outputs for each list of golden cases. AOTInductor's native code runs in a
+    child process, so an artifact that crashes (it does: a channels-last CNN here) fails the
+    build with the reason instead of taking `mar build` down."""
+    inputs = [[{k: v.to(device) for k, v in case.items()} for case, _ in cases] for cases in case_lists]
+    if not runtime.checked_in_child:
+        exported = load_exported(spec, path, device, target_device=device.type)
+        try:
+            return [[exported(case) for case in cases] for cases in inputs]
+        except Exception as err:  # noqa: BLE001 - fails on an input the spec allows
+            raise _refusal(spec, "the exported artifact fails on an input the spec allows (a "
+                                 "golden case at another batch size or length)", err) from err
+    exchange = path.parent / "check.pt"
+    torch.save({"spec": spec_to_dict(spec), "inputs": inputs, "device": str(device)}, exchange)
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(exchange)],
+                           capture_output=True, text=True, timeout=1800)
+    if child.returncode != 0:
+        crash = f"signal {-child.returncode}" if child.returncode < 0 else f"exit {child.returncode}"
+        detail = " ".join(child.stderr.strip().splitlines()[-3:])[:400]
+        raise ExportError(f"{spec.source}: the {runtime.name} artifact crashed when run ({crash}{': ' + detail if detail else ''}). "
+                       "Nothing was written. Serve it with serving.runtime: eager, onnx or "
+                       "torchscript.")
+    outputs = torch.load(exchange, weights_only=True)
+    exchange.unlink()
+    return outputs
+
+
+_CHILD = """
+import sys, torch
+from pathlib import Path
+from handlers.runtimes import load_exported
+from handlers.spec import parse_spec
+path, exchange = Path(sys.argv[1]), sys.argv[2]
+data = torch.load(exchange, weights_only=True)
+device = torch.device(data["device"])
+exported = load_exported(parse_spec(data["spec"]), path, device, target_device=device.type)
+torch.save([[{k: v.cpu() for k, v in exported(case).items()} for case in cases]
+            for cases in data["inputs"]], exchange)
+"""
+
+
+def _refusal(spec: ModelSpec, what: str, err: Exception) -> MarError:
+    reason = " ".join(str(err).split())[:600] or type(err).__name__
+    return ExportError(f"{spec.source}: serving.runtime {spec.serving.runtime}: {what}: "
+                    f"{type(err).__name__}: {reason}. Nothing was written. Serve it with "
+                    "serving.runtime: eager, which runs the definition as written.")
+
