@@ -23,7 +23,7 @@ Example (`model_defs/specs/digits_cnn.yaml`)::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,8 @@ import yaml
 
 from handlers.errors import SpecError
 from handlers.io_spec import DTYPES, IO_KEYS, InputSpec, IOSpec, OutputSpec, io_to_dict, parse_io
-from handlers.runtimes import RUNTIMES
+from handlers.serving import DEVICES, PRECISIONS, ServingSpec, check_worker_range, parse_serving
+from handlers.validation import check_bool, check_keys, optional_section
 
 __all__ = [
     "SpecError",
@@ -50,73 +51,7 @@ __all__ = [
     "PRECISIONS",
 ]
 
-DEVICES = ("auto", "cpu", "gpu")
-PRECISIONS = ("fp32", "fp16", "bf16")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")  # what TorchServe accepts
-
-
-@dataclass(frozen=True)
-class ServingSpec:
-    batch_size: int = 1  # TorchServe's dynamic batching: requests merged into one forward pass
-    max_batch_delay_ms: int = 5  # how long TorchServe waits to fill a batch
-    min_workers: int = 1
-    max_workers: int = 1
-    response_timeout_s: int = 120  # also bounds the worker's start-up (loading the weights)
-    device: str = "auto"  # auto: the GPU TorchServe assigns if CUDA works, else the CPU
-    precision: str = "fp32"  # the model is cast at load; inputs follow
-    cpu_threads: int = 1  # torch threads per worker, on a GPU too; scale with workers first
-    device_ids: tuple[int, ...] | None = None  # GPUs this model's workers may use (deviceIds)
-    tf32: bool = False  # allow TF32 matmuls at fp32 on Ampere+ GPUs (faster, ~1e-3 less exact)
-    compile: bool = False  # torch.compile the model at load; falls back to eager, logged, on failure
-    channels_last: bool = False  # 4-D weights in NHWC: faster convolutions (oneDNN, cuDNN)
-    runtime: str = "eager"  # eager, or an artifact exported at build: torchscript, onnx, aoti
-
-    # ---- the same settings in TorchServe's own forms ----
-
-    def model_config(self) -> dict[str, Any]:
-        """The archive's model-config.yaml. TorchServe takes responseTimeout and startupTimeout
-        from here and ignores a register call's values."""
-        config: dict[str, Any] = {
-            "minWorkers": self.min_workers, "maxWorkers": self.max_workers,
-            "batchSize": self.batch_size, "maxBatchDelay": self.max_batch_delay_ms,
-            "responseTimeout": self.response_timeout_s, "startupTimeout": self.response_timeout_s}
-        if self.device != "auto":
-            config["deviceType"] = self.device
-        if self.device_ids is not None:
-            config["deviceIds"] = list(self.device_ids)
-        return config
-
-    def snapshot_entry(self, mar_name: str, *, default: bool) -> dict[str, Any]:
-        """One model version in TorchServe's `model_snapshot` (what it registers at start-up)."""
-        return {"defaultVersion": default, "marName": mar_name, "minWorkers": self.min_workers,
-                "maxWorkers": self.max_workers, "batchSize": self.batch_size,
-                "maxBatchDelay": self.max_batch_delay_ms, "responseTimeout": self.response_timeout_s}
-
-    def register_params(self, *, initial_workers: int | None = None) -> dict[str, Any]:
-        """The management API's register query (POST /models) for these settings."""
-        return {"initial_workers": max(self.min_workers, 1) if initial_workers is None
-                else initial_workers, "batch_size": self.batch_size,
-                "max_batch_delay": self.max_batch_delay_ms}
-
-    def overridden(self, **changes: Any) -> "ServingSpec":
-        """These settings with `changes` applied (None values ignored), the worker range checked
-        as in a spec. Raises SpecError naming the command-line options."""
-        updated = replace(self, **{key: value for key, value in changes.items() if value is not None})
-        problems: list[str] = []
-        check_worker_range(updated.min_workers, updated.max_workers, problems,
-                           names=("min workers", "max workers (--max-workers)"))
-        if problems:
-            raise SpecError(problems[0] + ".")
-        return updated
-
-
-def check_worker_range(min_workers: int, max_workers: int, problems: list[str], *,
-                       names: tuple[str, str] = ("min_workers", "max_workers")) -> None:
-    """The one rule between worker counts, for specs, register overrides and `mar scale`;
-    `names` are the two settings as the user wrote them."""
-    if min_workers > max_workers:
-        problems.append(f"{names[0]} ({min_workers}) exceeds {names[1]} ({max_workers}); raise "
-                        f"{names[1]}")
 
 
 @dataclass(frozen=True)
@@ -187,7 +122,6 @@ class ModelSpec:
 
 _REQUIRED = ("name", "version", "arch", "weights")
 _OPTIONAL = ("params", "serving", "checkpoint", "files", "processor", *IO_KEYS)
-_SERVING_KEYS = tuple(f.name for f in fields(ServingSpec))
 _CHECKPOINT_KEYS = tuple(f.name for f in fields(CheckpointSpec))
 
 
@@ -211,14 +145,14 @@ def parse_spec(raw: Any, *, source: Path | None = None) -> ModelSpec:
         raise SpecError(f"{where}: a spec is a YAML mapping with keys {', '.join(_REQUIRED)}; "
                         f"got {type(raw).__name__}.")
     problems: list[str] = []
-    _check_keys(raw, _REQUIRED, _OPTIONAL, "", problems)
+    check_keys(raw, _REQUIRED, _OPTIONAL, "", problems)
     name = _check_name(raw.get("name"), problems)
     version = _check_version(raw.get("version"), problems)
     arch = _check_string(raw, "arch", problems)
     weights = _check_string(raw, "weights", problems)
     params = _check_params(raw.get("params", {}), problems)
     io = parse_io(raw, problems)
-    serving = _check_serving(raw.get("serving", {}), problems)
+    serving = parse_serving(raw.get("serving", {}), problems)
     checkpoint = _check_checkpoint(raw.get("checkpoint", {}), problems)
     files = _check_files(raw.get("files", []), problems)
     processor = _check_string(raw, "processor", problems) or None
@@ -253,17 +187,6 @@ def spec_to_dict(spec: ModelSpec, *, weights: str | None = None) -> dict[str, An
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def _check_keys(raw: dict, required, optional, prefix: str, problems: list[str]) -> None:
-    for key in required:
-        if key not in raw:
-            problems.append(f"missing key `{prefix}{key}`: add it (required keys: "
-                            f"{', '.join(prefix + k for k in required)})")
-    allowed = set(required) | set(optional)
-    for key in sorted(set(raw) - allowed, key=str):
-        problems.append(f"unknown key `{prefix}{key}`: remove it or fix its spelling "
-                        f"(allowed: {', '.join(prefix + k for k in (*required, *optional))})")
 
 
 def _check_name(value: Any, problems: list[str]) -> str:
@@ -310,84 +233,12 @@ def _check_files(value: Any, problems: list[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _optional_section(value: Any, name: str, allowed: tuple[str, ...],
-                      problems: list[str]) -> dict | None:
-    """An optional mapping section with its keys checked: {} when absent, None when not a mapping."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        problems.append(f"`{name}` must be a mapping, got {value!r}")
-        return None
-    _check_keys(value, (), allowed, f"{name}.", problems)
-    return value
-
-
-def _check_bool(settings: dict, key: str, prefix: str, problems: list[str]) -> None:
-    """Drop (and report) a setting that should be true or false but is not."""
-    if key in settings and not isinstance(settings[key], bool):
-        problems.append(f"`{prefix}.{key}` {settings.pop(key)!r} must be true or false")
-
-
-def _check_serving(value: Any, problems: list[str]) -> ServingSpec:
-    section = _optional_section(value, "serving", _SERVING_KEYS, problems)
-    if section is None:
-        return ServingSpec()
-    settings = {k: v for k, v in section.items() if k in _SERVING_KEYS}
-    for key in ("batch_size", "min_workers", "max_workers", "response_timeout_s", "cpu_threads"):
-        _check_int(settings, key, minimum=1 if key != "min_workers" else 0, problems=problems)
-    _check_int(settings, "max_batch_delay_ms", minimum=0, problems=problems)
-    for key in ("tf32", "compile", "channels_last"):
-        _check_bool(settings, key, "serving", problems)
-    if settings.get("device_ids") is not None:
-        ids = settings["device_ids"]
-        if not (isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool)
-                                                      and i >= 0 for i in ids)):
-            problems.append(f"`serving.device_ids` {ids!r} must be a list of GPU indices, e.g. [0, 1]")
-            settings.pop("device_ids")
-        else:
-            settings["device_ids"] = tuple(ids)
-    if settings.get("device", "auto") not in DEVICES:
-        problems.append(f"`serving.device` {settings['device']!r} is not one of {', '.join(DEVICES)}")
-    _check_runtime(settings, problems)
-    if settings.get("precision", "fp32") not in PRECISIONS:
-        problems.append(f"`serving.precision` {settings['precision']!r} is not one of "
-                        f"{', '.join(PRECISIONS)}")
-    serving = ServingSpec(**settings)
-    check_worker_range(serving.min_workers, serving.max_workers, problems,
-                       names=("`serving.min_workers`", "`serving.max_workers`"))
-    return serving
-
-
-def _check_runtime(settings: dict, problems: list[str]) -> None:
-    name = settings.get("runtime", "eager")
-    runtime = RUNTIMES.get(name)
-    if runtime is None:
-        problems.append(f"`serving.runtime` {name!r} is not one of {', '.join(RUNTIMES)}")
-    elif runtime.exported and settings.get("compile"):
-        problems.append(f"`serving.compile` applies to the eager runtime; runtime {name} is "
-                        "compiled at build already: drop compile, or use runtime: eager")
-    elif settings.get("precision", "fp32") in runtime.refused_precisions:
-        precision = settings["precision"]
-        problems.append(f"`serving.runtime` {name} with precision {precision} is not supported "
-                        f"({runtime.refused_precisions[precision]}): use another precision, or "
-                        "another runtime")
-
-
-def _check_int(settings: dict, key: str, *, minimum: int, problems: list[str]) -> None:
-    if key not in settings:
-        return
-    value = settings[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        problems.append(f"`serving.{key}` {value!r} must be an integer >= {minimum}")
-        settings.pop(key)
-
-
 def _check_checkpoint(value: Any, problems: list[str]) -> CheckpointSpec:
-    section = _optional_section(value, "checkpoint", _CHECKPOINT_KEYS, problems)
+    section = optional_section(value, "checkpoint", _CHECKPOINT_KEYS, problems)
     if section is None:
         return CheckpointSpec()
     settings = {k: v for k, v in section.items() if k in _CHECKPOINT_KEYS}
-    _check_bool(settings, "use_ema", "checkpoint", problems)
+    check_bool(settings, "use_ema", "checkpoint", problems)
     for key in ("key", "strip_prefix", "add_prefix"):
         if settings.get(key) is not None and not (isinstance(settings[key], str) and settings[key]):
             problems.append(f"`checkpoint.{key}` {settings.pop(key)!r} must be a non-empty string"
