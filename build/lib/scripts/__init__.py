@@ -1,1 +1,0 @@
-"""The `mar` command line: build, verify and serve model archives with TorchServe."""
