@@ -31,7 +31,6 @@ class InputCodec:
         self.mask = spec.io.attention_mask
         self.kinds: dict[str, TensorKind] = {
             i.name: kind_of(spec, i, files_dir, contract=self.describe) for i in spec.inputs}
-        self.text_input = spec.io.tokenizer.input if spec.io.tokenizer else None
 
     def parts(self, values: dict[str, Any], *, label: str | None = None,
               batched: bool = False) -> list[Part]:

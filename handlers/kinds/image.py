@@ -52,7 +52,6 @@ class ImageSpec:
     max_bytes: int = 20_000_000  # the encoded image
 
 
-
 def parse_image(value: Any, shape: list, where: str, problems: list[str]) -> ImageSpec:
     """An image input's `image` settings; every problem appended to `problems`."""
     value = {} if value is None else value
@@ -105,12 +104,10 @@ def parse_image(value: Any, shape: list, where: str, problems: list[str]) -> Ima
     return ImageSpec(**settings)
 
 
-
 def image_to_dict(image: ImageSpec) -> dict[str, Any]:
     """The settings as YAML-ready data (the archive's spec.yaml)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(image).items()
             if v is not None}
-
 
 
 FORMAT_NAMES = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}  # Pillow's names -> the spec's
