@@ -93,12 +93,13 @@ class Batcher:
         return tensor.to(self.device, dtype=self.dtypes[name], non_blocking=True)
 
     def _trimmed(self, output: str, values: np.ndarray, part: Part) -> np.ndarray:
-        """An output that follows an input's dynamic dimensions, cut back to this part's lengths."""
+        """An output that follows an input's dynamic dimensions, cut back to this part's lengths
+        (copied when the cut leaves gaps: the encoders need C-contiguous arrays)."""
         source = self.follows.get(output)
         if source is None:
             return values
         lengths = [part[source].shape[1 + axis] for axis in self.inputs[source].dynamic]
-        return values[(slice(None), *(slice(0, n) for n in lengths))]
+        return np.ascontiguousarray(values[(slice(None), *(slice(0, n) for n in lengths))])
 
 
 def _to_numpy(value: Tensor) -> np.ndarray:

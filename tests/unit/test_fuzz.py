@@ -313,6 +313,9 @@ REGRESSIONS = {
     "text": [  # found by the fuzzer: a token id past the embedding failed the whole batch
         _json({"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2],
                            "data": [2, 258]}]}),
+        # found by the fuzzer (20000 examples): two samples shorter than their batch neighbour;
+        # their `token_states`, cut back to their length, were not C-contiguous for orjson
+        _json({"inputs": {"input_ids": ["", ""]}}),
     ],
     "image": [
         ({"body": png_declaring(40_000, 40_000)}, {"body": {"content-type": "image/png"}}),
