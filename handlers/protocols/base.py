@@ -55,23 +55,28 @@ class Request:
                      if k.lower() == name and isinstance(v, str)), None)
 
     @cached_property
+    def _parsed(self) -> tuple[Any, RequestError | None]:
+        """The JSON body, or why it is not JSON: parsed once, whichever protocol asks (a
+        property that raised would parse again at every ask)."""
+        if not isinstance(self.body, (bytes, bytearray, str)):
+            return self.body, None  # parsed already by TorchServe
+        try:
+            return orjson.loads(self.body), None
+        except orjson.JSONDecodeError as err:
+            return None, RequestError(f"request body is not valid JSON ({err}); send UTF-8 JSON "
+                                      '(no NaN or Infinity) with {"inputs": ...}')
+
+    @property
     def payload(self) -> Any:
-        """The parsed JSON body (parsed once, whichever protocol asks). Raises RequestError."""
-        if isinstance(self.body, (bytes, bytearray, str)):
-            try:
-                return orjson.loads(self.body)
-            except orjson.JSONDecodeError as err:
-                raise RequestError(f"request body is not valid JSON ({err}); send UTF-8 JSON "
-                                   '(no NaN or Infinity) with {"inputs": ...}') from None
-        return self.body  # parsed already by TorchServe
+        """The parsed JSON body. Raises RequestError."""
+        payload, error = self._parsed
+        if error is not None:
+            raise error
+        return payload
 
     @property
     def is_json(self) -> bool:
-        try:
-            self.payload
-        except RequestError:
-            return False
-        return True
+        return self._parsed[1] is None
 
     def object_with(self, key: str) -> bool:
         """Whether the body is a JSON object with `key`."""

@@ -5,9 +5,8 @@ TorchServe's own ceiling), and the demo spec's batching.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import torch
 import yaml
