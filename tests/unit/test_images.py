@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from handlers.kinds.image import preprocess
+from handlers.errors import RequestError
 from handlers.io_spec import InputSpec
 from handlers.kinds.image import ImageSpec
 from scripts.build import build_archive
@@ -123,3 +124,21 @@ def test_preprocessing_follows_the_spec():
     assert cropped.shape == (3, 224, 224)
     tiny = preprocess(_encoded(np.full((10, 10, 3), 255, np.uint8), "PNG", "RGB"), spec, "an image")
     assert tiny.shape == (3, 224, 224)  # resized up to 256, then cropped
+
+
+def test_max_pixels_rules_above_pillows_own_bomb_limit():
+    """Pillow refuses outright past 178,956,970 pixels; a spec that allows more is obeyed, and a
+    declared size past the spec's limit is refused by name however Pillow reports it."""
+    from scripts.bench.hostile import png_declaring
+
+    spec = InputSpec(shape=(1, 8, 8), type="image",
+                     image=ImageSpec(mode="L", resize=8, center_crop=8, max_pixels=300_000_000))
+    allowed = png_declaring(20_000, 10_000)  # 200 M pixels: over Pillow's limit, under the spec's
+    with pytest.raises(RequestError) as err:
+        preprocess(allowed, spec, "the image")
+    assert "corrupt or truncated image" in str(err.value)  # opened and decoded, not refused
+    with pytest.raises(RequestError, match=r"is over the limit of 300,000,000 pixels \(image\.max_pixels"):
+        preprocess(png_declaring(40_000, 40_000), spec, "the image")
+    with pytest.raises(RequestError, match=r"is 20000x20000 = 400,000,000 pixels, over the limit of "
+                                           r"300,000,000 \(image\.max_pixels\)"):
+        preprocess(png_declaring(20_000, 20_000), spec, "the image")
