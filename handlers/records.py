@@ -73,16 +73,33 @@ class BuildRecord:
         """The record of an extracted archive. Raises IntegrityError."""
         path = model_dir / BUILD_RECORD_FILE
         try:
-            data = json.loads(path.read_text())
+            data = path.read_bytes()
         except FileNotFoundError:
             raise IntegrityError(f"{model_dir} has no {BUILD_RECORD_FILE}: it was not built by "
                                  "`mar build` (or the file was removed). Rebuild it with "
                                  "`mar build SPEC`.") from None
+        return cls.from_bytes(data, str(path))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, where: str) -> "BuildRecord":
+        """A record from its bytes; `where` names them in messages. Raises IntegrityError."""
+        try:
+            data = json.loads(raw)
         except ValueError as err:
-            raise IntegrityError(f"{path} is not valid JSON ({err}): the archive was altered "
+            raise IntegrityError(f"{where} is not valid JSON ({err}): the archive was altered "
                                  "after `mar build`. Rebuild it.") from None
-        _check_format(data.pop("format", None), cls.FORMAT, str(path))
+        _check_format(data.pop("format", None), cls.FORMAT, where)
         return cls(**{**data, "weights": WeightsEntry(**data["weights"])})
+
+    def differences(self, digests: dict[str, str]) -> list[str]:
+        """What sets an archive's files apart from this record, given the sha256 of every file
+        of it by name: files changed or missing, and files the record does not list."""
+        expected = {**self.files, self.weights.file: self.weights.sha256}
+        changed = [f"{name} {'differs' if name in digests else 'is missing'}"
+                   for name, digest in sorted(expected.items()) if digests.get(name) != digest]
+        unlisted = [f"{name} is not in the record"
+                    for name in sorted(set(digests) - set(expected) - {BUILD_RECORD_FILE})]
+        return changed + unlisted
 
     def check_files(self, model_dir: Path) -> None:
         """Every packaged file but the weights (hashed while loading) matches the record."""

@@ -46,6 +46,7 @@ __all__ = [
     "parse_spec",
     "spec_to_dict",
     "check_worker_range",
+    "version_key",
     "DTYPES",
     "DEVICES",
     "PRECISIONS",
@@ -183,6 +184,12 @@ def spec_to_dict(spec: ModelSpec, *, weights: str | None = None) -> dict[str, An
     if spec.processor:
         data["processor"] = spec.processor
     return data
+
+
+def version_key(version: str) -> tuple:
+    """A sort key that orders versions as people read them: 1.9 < 1.10, 2.0-rc < 2.0.1."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+                 for part in re.split(r"[.\-_]", version))
 
 
 def _plain(value: Any) -> Any:

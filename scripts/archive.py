@@ -14,8 +14,9 @@ import contextlib
 import hashlib
 import json
 import os
-import zlib
 import shutil
+import struct
+import zlib
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from handlers.records import SPEC_FILE
 from handlers.spec import ModelSpec, parse_spec
 
 __all__ = ["FORMATS", "MANIFEST_NAME", "Archive", "open_archive", "manifest_json", "write_archive",
-           "archive_path"]
+           "archive_path", "EntryDigests", "check_streamable"]
 
 FORMATS = ("mar", "folder")
 MANIFEST_NAME = "MAR-INF/MANIFEST.json"
@@ -227,3 +228,102 @@ def _replace_folder(new: Path, target: Path, staging: Path) -> None:
     if target.exists():
         os.replace(target, staging / "previous")  # removed with the staging folder
     os.replace(new, target)
+
+
+# ---- reading a .mar as it streams past (a pull hashes every entry without a second read) ----
+
+_LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
+_LOCAL_SIGNATURE, _DIRECTORY_SIGNATURE = 0x04034B50, 0x02014B50
+_DATA_DESCRIPTOR_FLAG = 0x08
+
+
+def check_streamable(path: Path) -> None:
+    """Refuse a .mar whose entries cannot be hashed as they stream past (compressed, or with
+    their sizes after the data): only this module's writer is promised to write them so."""
+    with zipfile.ZipFile(path) as mar:
+        for info in mar.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & _DATA_DESCRIPTOR_FLAG:
+                raise IntegrityError(f"{path}: entry {info.filename} is compressed or sized after "
+                                     "its data, so it was not written by `mar build`. Rebuild it.")
+
+
+class EntryDigests:
+    """The sha256 of every entry of a .mar written by `write_archive`, fed its bytes in order
+    (stored entries, sizes in each local header). Entries named in `keep` are kept whole."""
+
+    def __init__(self, keep: tuple[str, ...] = ()) -> None:
+        self.digests: dict[str, str] = {}
+        self.kept: dict[str, bytes] = {}
+        self._keep, self._buffer, self._entry = set(keep), bytearray(), None
+        self._left, self._done = 0, False
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view and not self._done:
+            if self._entry is None:  # between entries: gather the next header
+                self._buffer += view
+                view = self._read_header()
+                continue
+            taken, view = view[:self._left], view[self._left:]
+            self._entry[1].update(taken)
+            if self._entry[2] is not None:
+                self._entry[2] += taken
+            self._left -= len(taken)
+            if not self._left:
+                self._close_entry()
+
+    def finish(self) -> dict[str, str]:
+        """Every entry's digest. Raises IntegrityError when the bytes ended inside an entry."""
+        if not self._done:
+            raise IntegrityError("the archive ended inside an entry: it is truncated")
+        return self.digests
+
+    def _read_header(self) -> memoryview:
+        """Parse the next local header from the buffer; the bytes after it, to feed on."""
+        if len(self._buffer) < 4:
+            return memoryview(b"")
+        (signature,) = struct.unpack_from("<I", self._buffer)
+        if signature == _DIRECTORY_SIGNATURE:
+            self._done = True
+            return memoryview(b"")
+        if signature != _LOCAL_SIGNATURE:
+            raise IntegrityError("the archive's bytes are not a sequence of zip entries where an "
+                                 "entry should start: it was altered or truncated")
+        if len(self._buffer) < _LOCAL_HEADER.size:
+            return memoryview(b"")
+        fields = _LOCAL_HEADER.unpack_from(self._buffer)
+        flags, method, size, name_length, extra_length = fields[2], fields[3], fields[7], \
+            fields[9], fields[10]
+        end = _LOCAL_HEADER.size + name_length + extra_length
+        if len(self._buffer) < end:
+            return memoryview(b"")
+        name = bytes(self._buffer[_LOCAL_HEADER.size:_LOCAL_HEADER.size + name_length]).decode()
+        if method != zipfile.ZIP_STORED or flags & _DATA_DESCRIPTOR_FLAG:
+            raise IntegrityError(f"entry {name} is compressed or sized after its data; only "
+                                 "archives written by `mar build` stream")
+        if size == 0xFFFFFFFF:  # zip64: the sizes are in the extra field
+            size = _zip64_size(bytes(self._buffer[_LOCAL_HEADER.size + name_length:end]))
+        rest = memoryview(bytes(self._buffer[end:]))
+        self._buffer.clear()
+        self._entry = [name, hashlib.sha256(), bytearray() if name in self._keep else None]
+        self._left = size
+        if not size:
+            self._close_entry()
+        return rest
+
+    def _close_entry(self) -> None:
+        name, digest, kept = self._entry
+        self.digests[name] = digest.hexdigest()
+        if kept is not None:
+            self.kept[name] = bytes(kept)
+        self._entry = None
+
+
+def _zip64_size(extra: bytes) -> int:
+    offset = 0
+    while offset + 4 <= len(extra):
+        header, length = struct.unpack_from("<HH", extra, offset)
+        if header == 0x0001:
+            return struct.unpack_from("<Q", extra, offset + 4)[0]  # uncompressed size first
+        offset += 4 + length
+    raise IntegrityError("an entry claims zip64 sizes but carries none: the archive was altered")

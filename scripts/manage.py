@@ -1,7 +1,9 @@
 """Register and promote archives on a running TorchServe, safely for a server under traffic.
 
-When a worker fails to start, TorchServe answers only "Failed to start workers", and may or may not
-keep the model registered with zero workers. `register_archive` shows the worker's own error from
+Before anything of an archive runs (even `mar verify`, which imports its handler), its signature is
+checked again where the host trusts keys (mar.yaml). When a worker fails to start, TorchServe
+answers only "Failed to start workers", and may or may not keep the model registered with zero
+workers. `register_archive` shows the worker's own error from
 the model log and removes any such registration, so a failed register leaves the server as it found
 it. `promote` builds on it: the new version serves only after it passed its golden check through
 the server.
@@ -10,6 +12,7 @@ the server.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,14 +23,22 @@ from scripts.archive import Archive, open_archive
 from scripts.client import TorchServeClient, our_outputs, our_request
 from scripts.config import ServerConfig
 from scripts.model_log import ModelLog
+from scripts.settings import MarSettings
 from scripts.verify import verify_archive
 
-__all__ = ["register_archive", "promote"]
+__all__ = ["register_archive", "promote", "Registered"]
+
+
+@dataclass(frozen=True)
+class Registered:
+    archive: Archive
+    signature: str  # how its signature stands: "unsigned", "signed by ..., verified", ...
 
 
 def register_archive(config: ServerConfig, archive: Path, *, workers: int | None = None,
-                     serving: dict | None = None, set_default: bool = False) -> Archive:
-    """Verify `archive` offline, then register it (it must be in the server's model store).
+                     serving: dict | None = None, set_default: bool = False) -> Registered:
+    """Check its signature, verify `archive` offline, then register it (it must be in the
+    server's model store).
 
     `workers` is the initial worker count (default: the spec's min_workers); `serving` overrides
     the spec's min_workers, max_workers, batch_size, max_batch_delay_ms. On failure, removes any
@@ -36,6 +47,7 @@ def register_archive(config: ServerConfig, archive: Path, *, workers: int | None
     opened = open_archive(archive.resolve())
     settings = opened.spec.serving.overridden(**_overrides(opened, serving or {}))
     _check_in_store(config, opened.path)
+    signature = _signature_state(config, opened.path)
     verdict = verify_archive(opened.path)
     if not verdict.ok:
         raise IntegrityError(f"{opened.path} failed offline verification, so it was not registered:\n"
@@ -54,7 +66,7 @@ def register_archive(config: ServerConfig, archive: Path, *, workers: int | None
                  max_workers=settings.max_workers)
     if set_default:
         client.set_default(opened.name, opened.version)
-    return opened
+    return Registered(opened, signature)
 
 
 def promote(config: ServerConfig, archive: Path, *, drain_s: float = 2.0) -> tuple[str, str]:
@@ -104,6 +116,17 @@ def _overrides(archive: Archive, overrides: dict) -> dict:
             f"({recorded} s) and ignores the register call's value, so --response-timeout "
             f"{timeout} cannot apply. Set serving.response_timeout_s in the spec and rebuild.")
     return {key: overrides.get(key) for key in _OVERRIDABLE}
+
+
+def _signature_state(config: ServerConfig, archive: Path) -> str:
+    from scripts.repository import TrustedKeys, check_installed
+
+    settings = MarSettings.beside(config.path)
+    try:
+        return check_installed(archive, TrustedKeys(settings.trusted_keys),
+                               require_signed=settings.require_signed)
+    except IntegrityError as err:
+        raise IntegrityError(f"{err} It was not registered.") from None
 
 
 def _check_in_store(config: ServerConfig, archive: Path) -> None:

@@ -2,7 +2,9 @@
 
 TorchServe writes a snapshot of its registered models to `logs/config/` after every change. `start`
 restores the newest one: models, versions, default versions and worker settings come back without
-re-registration (TorchServe only restores by itself when started without a config file).
+re-registration (TorchServe only restores by itself when started without a config file). Before
+TorchServe starts, each archive the snapshot would load has its signature checked again where the
+host trusts keys (mar.yaml): one that fails is left out, with the reason, and the others load.
 """
 
 from __future__ import annotations
@@ -13,23 +15,36 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from dataclasses import dataclass, field
+
+from handlers.errors import IntegrityError, ServerError
+from handlers.spec import version_key
 from scripts.client import TorchServeClient
 from scripts.config import ServerConfig
-from handlers.errors import ServerError
+from scripts.settings import MarSettings
 
-__all__ = ["start_server", "stop_server"]
+__all__ = ["start_server", "stop_server", "Restored"]
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What `start_server` brought back from the last snapshot."""
+    loaded: list[str] = field(default_factory=list)  # "name version[ (default)]: signature state"
+    refused: list[str] = field(default_factory=list)  # "name version: why it was left out"
 
 
 def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: bool = True,
-                 env: dict[str, str] | None = None) -> list[str]:
+                 env: dict[str, str] | None = None) -> Restored:
     """`torchserve --start` in the config's folder, then wait until `/ping` answers Healthy
     (with restored models: until their workers are up).
 
-    Restores the models of the newest snapshot unless `restore` is False; returns them as
-    "name version" lines. `env` adds variables for the server (a private TMPDIR/TEMP, say)."""
+    Restores the models of the newest snapshot unless `restore` is False, each archive's signature
+    checked first (scripts/repository/installed.py). `env` adds variables for the server (a
+    private TMPDIR/TEMP, say)."""
     client = TorchServeClient(config)
     if client.ping_status() is not None:
         raise ServerError(f"a server already answers at {config.inference_url}. "
@@ -37,7 +52,7 @@ def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: boo
     if not config.model_store.is_dir():
         config.model_store.mkdir(parents=True)
     config.key_file.unlink(missing_ok=True)  # a stale file would hold last run's tokens
-    startup_config, restored = config.path, []
+    startup_config, restored = config.path, Restored()
     snapshot = _latest_snapshot(config) if restore else None
     if snapshot:
         startup_config, restored = _restoring_config(config, snapshot)
@@ -45,7 +60,7 @@ def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: boo
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if config.key_file.exists() and client.ping_status() == "Healthy" and \
-                _restored_workers_ready(client, restored):
+                _restored_workers_ready(client, restored.loaded):
             return restored
         time.sleep(0.3)
     raise ServerError(f"TorchServe did not become healthy at {config.inference_url} within "
@@ -56,15 +71,43 @@ def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: boo
 def stop_server(config: ServerConfig, *, timeout_s: float = 60.0,
                 env: dict[str, str] | None = None) -> None:
     """`torchserve --stop` (with the `env` it was started with), then wait until the inference
-    port stops answering."""
+    port stops answering and the server process has exited (it writes logs until it does, so a
+    folder removed before then is not empty)."""
+    server_pid = _server_pid(env)
     _torchserve("--stop", cwd=config.workdir, env=env)
     client = TorchServeClient(config)
     deadline = time.monotonic() + timeout_s
-    while client.ping_status() is not None:
+    while client.ping_status() is not None or _alive(server_pid):
         if time.monotonic() > deadline:
-            raise ServerError(f"TorchServe still answers at {config.inference_url} {timeout_s:.0f} s "
+            raise ServerError(f"TorchServe still runs for {config.inference_url} {timeout_s:.0f} s "
                            "after --stop. Was it started with another TMPDIR? Stop that process.")
-        time.sleep(0.3)
+        time.sleep(0.1)
+
+
+def _server_pid(env: dict[str, str] | None) -> int | None:
+    """The pid TorchServe keeps in $TMPDIR/.model_server.pid, if any."""
+    tmp = (env or {}).get("TMPDIR") or os.environ.get("TMPDIR") or tempfile.gettempdir()
+    try:
+        return int((Path(tmp) / ".model_server.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether `pid` runs (an exited process no one has reaped yet does not)."""
+    if pid is None:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)  # no /proc (macOS)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return state not in ("Z", "X")
 
 
 def _restored_workers_ready(client: TorchServeClient, restored: list[str]) -> bool:
@@ -96,23 +139,47 @@ def _unescape_property(value: str) -> str:
                   else {"n": "\n", "t": "\t", "r": "\r", "f": "\f"}.get(m[1], m[1]), value)
 
 
-def _restoring_config(config: ServerConfig, snapshot: dict) -> tuple[Path, list[str]]:
-    """config.properties plus the snapshot's models, as TorchServe's startup config."""
-    restored, missing = [], []
-    for name, versions in snapshot["models"].items():
-        for version, settings in versions.items():
-            if not (config.model_store / settings["marName"]).exists():
-                missing.append(settings["marName"])
-            default = " (default)" if settings.get("defaultVersion") else ""
-            restored.append(f"{name} {version}{default}")
+def _restoring_config(config: ServerConfig, snapshot: dict) -> tuple[Path, Restored]:
+    """config.properties plus the snapshot's models whose archives pass their signature check,
+    as TorchServe's startup config."""
+    missing = [settings["marName"] for versions in snapshot["models"].values()
+               for settings in versions.values()
+               if not (config.model_store / settings["marName"]).exists()]
     if missing:
         raise ServerError(f"cannot restore the models registered at the last stop: "
                        f"{', '.join(missing)} no longer in {config.model_store}. Rebuild them, or "
                        "start empty with `mar serve start --no-restore`.")
+    restored, models = Restored(), {}
+    check = _signature_check(config)
+    for name, versions in snapshot["models"].items():
+        for version, settings in versions.items():
+            try:
+                state = check(config.model_store / settings["marName"])
+            except IntegrityError as err:
+                restored.refused.append(f"{name} {version}: {err}")
+                continue
+            models.setdefault(name, {})[version] = settings
+            default = " (default)" if settings.get("defaultVersion") else ""
+            restored.loaded.append(f"{name} {version}{default}: {state}")
+    for name, versions in models.items():
+        if not any(s.get("defaultVersion") for s in versions.values()):
+            newest = max(versions, key=version_key)  # its default was left out
+            versions[newest] = {**versions[newest], "defaultVersion": True}
+    kept = {**snapshot, "models": models,
+            "modelCount": sum(len(versions) for versions in models.values())}
     path = config.workdir / "logs" / "mar-restore.properties"
     path.write_text(config.path.read_text().rstrip("\n") + "\n# added by mar serve start\n"
-                    f"model_snapshot={json.dumps(snapshot)}\n")
+                    f"model_snapshot={json.dumps(kept)}\n")
     return path, restored
+
+
+def _signature_check(config: ServerConfig):
+    from scripts.repository import TrustedKeys, check_installed
+
+    settings = MarSettings.beside(config.path)
+    trust = TrustedKeys(settings.trusted_keys)
+    return lambda archive: check_installed(archive, trust, require_signed=settings.require_signed)
+
 
 
 def _torchserve_executable() -> str:

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from handlers.errors import MarError
-from scripts.cli import build_host, serving
+from scripts.cli import build_host, repository, serving
 
 __all__ = ["main", "build_parser"]
 
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (build_host.add_build, build_host.add_verify, build_host.add_convert,
                 serving.add_serve, serving.add_register, serving.add_scale, serving.add_set_default,
                 serving.add_promote, serving.add_unregister, serving.add_models,
-                serving.add_predict, build_host.add_export_kserve, build_host.add_bench):
+                serving.add_predict, repository.add_publish, repository.add_pull,
+                build_host.add_export_kserve, build_host.add_bench):
         add(commands)
     return parser
 

@@ -114,17 +114,35 @@ def add_export_kserve(commands) -> None:
     sub.add_argument("--max-replicas", type=int, default=3)
     sub.add_argument("--concurrency-target", type=int, help="in-flight requests per replica "
                      "before Knative adds one (default: the largest batch size)")
+    sub.add_argument("--sign-key", type=Path, metavar="KEY.pem", help="sign the layout (EC "
+                     "private key, PEM); the pod then verifies it before TorchServe starts")
+    sub.add_argument("--publish", metavar="REPO", help="upload the layout to this address (a "
+                     "folder or s3://BUCKET/PREFIX), the signature last; s3:// becomes storageUri")
+    sub.add_argument("--image", help="the signed pod's image: TorchServe's KServe image with "
+                     "model-signing installed (see README)")
 
 
 def _cmd_export_kserve(args) -> int:
-    from scripts.kserve import STORAGE_URI_PLACEHOLDER, export_kserve
+    from scripts.kserve import STORAGE_URI_PLACEHOLDER, TRUST_KEY_FILE, export_kserve
 
+    if args.image and not args.sign_key:
+        raise UsageError("--image is the image of a signed pod, which verifies the layout; "
+                         "add --sign-key KEY.pem, or drop --image (the runtime's image serves).")
     result = export_kserve(args.sources, args.out, service_name=args.name,
                            min_replicas=args.min_replicas, max_replicas=args.max_replicas,
-                           concurrency_target=args.concurrency_target)
+                           concurrency_target=args.concurrency_target, sign_key=args.sign_key,
+                           publish=args.publish, image=args.image)
     print(f"wrote {result.out}: config/config.properties, {len(result.archives)} archive(s) in "
-          f"model-store/, inferenceservice.yaml ({result.service_name}). Upload the folder and "
-          f"replace storageUri {STORAGE_URI_PLACEHOLDER} with its address.")
+          f"model-store/, inferenceservice.yaml ({result.service_name})"
+          + (", model.sig" if result.signed else "") + ".")
+    if result.published:
+        print(f"published the layout to {result.published}")
+    if not (result.published or "").startswith("s3://"):
+        print(f"Upload the folder and replace storageUri {STORAGE_URI_PLACEHOLDER} with its address.")
+    if result.signed:
+        print(f"The pod verifies it with the public key in Secret {result.trust_secret}: "
+              f"kubectl create secret generic {result.trust_secret} "
+              f"--from-file={TRUST_KEY_FILE}=PUBLIC_KEY.pem")
     return 0
 
 

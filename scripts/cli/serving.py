@@ -26,8 +26,11 @@ def _cmd_serve(args) -> int:
 
     config = read_config(args.config)
     if args.action == "start":
-        for line in start_server(config, restore=not args.no_restore):
+        restored = start_server(config, restore=not args.no_restore)
+        for line in restored.loaded:
             print(f"restored {line}")
+        for line in restored.refused:
+            print(f"NOT restored {line}")
         print(f"TorchServe is healthy: inference {config.inference_url}, management "
               f"{config.management_url}, model store {config.model_store}")
     elif args.action == "stop":
@@ -62,10 +65,11 @@ def _cmd_register(args) -> int:
     overrides = {"min_workers": args.min_workers, "max_workers": args.max_workers,
                  "batch_size": args.batch_size, "max_batch_delay_ms": args.max_batch_delay,
                  "response_timeout_s": args.response_timeout}
-    archive = register_archive(read_config(args.config), args.archive, workers=args.workers,
-                               serving=overrides, set_default=args.set_default)
+    registered = register_archive(read_config(args.config), args.archive, workers=args.workers,
+                                  serving=overrides, set_default=args.set_default)
+    archive = registered.archive
     print(f"registered {archive.name} {archive.version}"
-          + (" as the default version" if args.set_default else ""))
+          + (" as the default version" if args.set_default else "") + f" ({registered.signature})")
     return 0
 
 
@@ -131,12 +135,19 @@ def _cmd_unregister(args) -> int:
 
 
 def add_models(commands) -> None:
-    sub = command(commands, "models", _cmd_models, "list registered models and their workers")
+    sub = command(commands, "models", _cmd_models, "list registered models and their workers, "
+                  "or with --repo the versions a model repository holds")
     sub.add_argument("name", nargs="?", metavar="NAME", help="only this model")
-    sub.add_argument("--json", action="store_true", help="print TorchServe's descriptions")
+    sub.add_argument("--json", action="store_true", help="print the full descriptions as JSON")
+    sub.add_argument("--repo", metavar="REPO", help="list this repository (a folder, "
+                     "s3://BUCKET/PREFIX or https://...) instead of the server")
 
 
 def _cmd_models(args) -> int:
+    if args.repo:
+        from scripts.cli.repository import print_repository
+
+        return print_repository(args.repo, args.name, args.json)
     client = server_client(args)
     names = [args.name] if args.name else [m["modelName"] for m in client.list_models()]
     defaults = {name: client.default_version(name) for name in names}
