@@ -27,14 +27,25 @@ from scripts.client import TorchServeClient
 from scripts.config import ServerConfig
 from scripts.settings import MarSettings
 
-__all__ = ["start_server", "stop_server", "Restored"]
+__all__ = ["start_server", "stop_server", "Restored", "RestoredModel"]
+
+
+@dataclass(frozen=True)
+class RestoredModel:
+    name: str
+    version: str
+    default: bool
+    state: str  # its signature's, or why it was left out
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}{' (default)' if self.default else ''}: {self.state}"
 
 
 @dataclass(frozen=True)
 class Restored:
-    """What `start_server` brought back from the last snapshot."""
-    loaded: list[str] = field(default_factory=list)  # "name version[ (default)]: signature state"
-    refused: list[str] = field(default_factory=list)  # "name version: why it was left out"
+    """What `start_server` brought back from the last snapshot, and what it left out."""
+    loaded: list[RestoredModel] = field(default_factory=list)
+    refused: list[RestoredModel] = field(default_factory=list)
 
 
 def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: bool = True,
@@ -110,12 +121,11 @@ def _alive(pid: int | None) -> bool:
     return state not in ("Z", "X")
 
 
-def _restored_workers_ready(client: TorchServeClient, restored: list[str]) -> bool:
+def _restored_workers_ready(client: TorchServeClient, restored: list[RestoredModel]) -> bool:
     """Whether every restored version has its minimum of READY workers (/ping can say Healthy
     before the workers of restored models are up)."""
-    for line in restored:
-        name, version = line.split()[:2]
-        for model in client.describe(name, version):
+    for restored_model in restored:
+        for model in client.describe(restored_model.name, restored_model.version):
             ready = sum(1 for w in model.get("workers", []) if w.get("status") == "READY")
             if ready < model.get("minWorkers", 1):
                 return False
@@ -149,22 +159,25 @@ def _restoring_config(config: ServerConfig, snapshot: dict) -> tuple[Path, Resto
         raise ServerError(f"cannot restore the models registered at the last stop: "
                        f"{', '.join(missing)} no longer in {config.model_store}. Rebuild them, or "
                        "start empty with `mar serve start --no-restore`.")
-    restored, models = Restored(), {}
+    models, states, refused = {}, {}, []
     check = _signature_check(config)
     for name, versions in snapshot["models"].items():
         for version, settings in versions.items():
             try:
-                state = check(config.model_store / settings["marName"])
+                states[name, version] = check(config.model_store / settings["marName"])
             except IntegrityError as err:
-                restored.refused.append(f"{name} {version}: {err}")
+                refused.append(RestoredModel(name, version, settings.get("defaultVersion", False),
+                                             str(err)))
                 continue
             models.setdefault(name, {})[version] = settings
-            default = " (default)" if settings.get("defaultVersion") else ""
-            restored.loaded.append(f"{name} {version}{default}: {state}")
     for name, versions in models.items():
         if not any(s.get("defaultVersion") for s in versions.values()):
             newest = max(versions, key=version_key)  # its default was left out
             versions[newest] = {**versions[newest], "defaultVersion": True}
+    restored = Restored([RestoredModel(name, version, bool(settings.get("defaultVersion")),
+                                       states[name, version])
+                         for name, versions in models.items()
+                         for version, settings in versions.items()], refused)
     kept = {**snapshot, "models": models,
             "modelCount": sum(len(versions) for versions in models.values())}
     path = config.workdir / "logs" / "mar-restore.properties"

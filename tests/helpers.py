@@ -120,3 +120,30 @@ class InProcessHandler:
         request = {"body": json.dumps(body).encode()} if isinstance(body, dict) else body
         return self.send([request], [headers or {}])[0]
 
+
+
+def digits_versions(folder: Path, versions=("1.0",), *, archive_format: str = "mar",
+                    store: Path | None = None) -> dict[str, Path]:
+    """The digits CNN (seeded weights, the bundled spec) built at each of `versions` into
+    `store` (default: folder/store); returns the archive of each version."""
+    from model_defs import create_model
+    from scripts.build import build_archive
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    save_weights(create_model("digits_cnn", **digits_spec_data()["params"]), folder / "digits.pt")
+    built = {}
+    for version in versions:
+        spec = write_spec(folder, digits_spec_data(weights="digits.pt", version=version),
+                          f"digits-{version}.yaml")
+        built[version] = build_archive(spec, export_path=store or folder / "store",
+                                       archive_format=archive_format).archive
+    return built
+
+
+def digits_model() -> torch.nn.Module:
+    """The model `digits_versions` builds, in eval mode."""
+    from model_defs import create_model
+
+    torch.manual_seed(0)
+    return create_model("digits_cnn", **digits_spec_data()["params"]).eval()

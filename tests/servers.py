@@ -124,6 +124,7 @@ class Proxy:
     connections opened after they are set:
         drop_after(n)       close the connection once n bytes came back from the server
         stall_after(n)      stop forwarding what the client sends after n bytes (a publish hangs)
+        stall_on(b)         stop forwarding from the first client bytes that contain b
         on_request(b, fn)   call fn() before forwarding client bytes that contain b
     """
 
@@ -142,6 +143,9 @@ class Proxy:
     def stall_after(self, count: int | None) -> None:
         self.stall = count
 
+    def stall_on(self, marker: bytes) -> None:
+        self.hooks.append([marker, None])
+
     def on_request(self, marker: bytes, action: Callable[[], None]) -> None:
         self.hooks.append([marker, action])
 
@@ -159,13 +163,16 @@ class Proxy:
         sent, limit = 0, self.drop if direction == "down" else self.stall
         try:
             while data := source.recv(1 << 16):
+                stall = False
                 if direction == "up":
                     for hook in [h for h in self.hooks if h[0] in data]:
                         self.hooks.remove(hook)
-                        hook[1]()
-                if limit is not None and sent + len(data) > limit:
-                    data = data[:limit - sent]
-                    sink.sendall(data)
+                        if hook[1] is None:
+                            stall = True
+                        else:
+                            hook[1]()
+                if stall or limit is not None and sent + len(data) > limit:
+                    sink.sendall(b"" if stall else data[:limit - sent])
                     if direction == "up":
                         self.stalled.set()
                         self._closed.wait()  # hold the connection open, forwarding nothing

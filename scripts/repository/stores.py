@@ -249,8 +249,8 @@ def _client_error(store: S3Store, where: str, error, exclusive: bool) -> Reposit
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
                 "AccessDenied", "403", "Forbidden"):
         return RepositoryError(f"{store.endpoint} refused the credentials for {where} ({code}). "
-                               f"Set {_CREDENTIAL_VARIABLES} to a key this server knows and "
-                               "that may read and write the bucket.")
+                               f"Set {_CREDENTIAL_VARIABLES}, to a key this server knows that "
+                               "may read and write the bucket.")
     return RepositoryError(f"{where}: the server answered {code or status} "
                            f"({error.response.get('Error', {}).get('Message', error)}).")
 

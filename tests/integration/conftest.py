@@ -48,3 +48,16 @@ def torchserve(tmp_path_factory):
         yield server
     finally:
         server.mar("serve", "stop")
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 server in a process of its own, authentication on, with a bucket `models`."""
+    from tests.servers import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    try:
+        server.client().create_bucket(Bucket="models")
+        yield server
+    finally:
+        server.stop()
