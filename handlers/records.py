@@ -14,13 +14,14 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from handlers.errors import IntegrityError
 from handlers.hashing import sha256_file
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 __all__ = ["FILES_DIR", "SPEC_FILE", "MODEL_CONFIG_FILE", "BUILD_RECORD_FILE", "GOLDEN_FILE", "BuildRecord",
            "WeightsEntry", "GoldenRecord", "GoldenComparison"]
@@ -120,7 +121,7 @@ class BuildRecord:
 
 # ---- golden.pt ----
 
-Tensors = dict[str, Tensor]
+Tensors = dict[str, "Tensor"]
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ class GoldenRecord:
                    key=lambda case: sum(t.numel() for t in case.values()))
 
     def to_bytes(self) -> bytes:
+        import torch
+
         buffer = io.BytesIO()
         torch.save({"format": self.FORMAT, "rtol": self.rtol, "atol": self.atol,
                     "cases": [{"inputs": i, "outputs": o} for i, o in self.cases]}, buffer)
@@ -175,6 +178,8 @@ class GoldenRecord:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = GOLDEN_FILE) -> "GoldenRecord":
+        import torch
+
         saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         _check_format(saved.get("format", 1), cls.FORMAT, where)
         if "cases" not in saved:  # format 1: one tensor in, one tensor out
@@ -189,6 +194,8 @@ class GoldenRecord:
 
     def compare(self, outputs: list[Tensors]) -> GoldenComparison:
         """How far `outputs` (one mapping per case) are from the recorded ones."""
+        import torch
+
         errors, within = {}, True
         for got, (_, expected) in zip(outputs, self.cases):
             for name, want in expected.items():

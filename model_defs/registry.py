@@ -6,20 +6,25 @@
     model = create_model("mlp", in_features=16, hidden_sizes=[32], out_features=4)
 
 This file travels inside every archive together with the definition files an architecture needs, so
-it imports only the standard library, torch and model_defs.errors.
+it imports only the standard library and model_defs.errors. The package's modules are imported
+(and so register what they define) the first time the registry is asked: a command that never
+builds a model never imports torch.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from model_defs.errors import ArchitectureError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry",
            "register_processor", "create_processor", "definition_files"]
@@ -27,6 +32,18 @@ __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_e
 _PACKAGE = __name__.rsplit(".", 1)[0]  # "model_defs"
 _REGISTRY: dict[str, "ModelEntry"] = {}
 _PROCESSORS: dict[str, type] = {}
+_DISCOVERED: list[bool] = []  # non-empty once every module of the package was imported
+
+
+def _discover() -> None:
+    """Import every module of the package once, so each registers its architectures and
+    processors (inside an archive the package holds only the modules its model needs)."""
+    if _DISCOVERED:
+        return
+    _DISCOVERED.append(True)
+    package = importlib.import_module(_PACKAGE)
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{_PACKAGE}.{module.name}")
 
 
 @dataclass(frozen=True)
@@ -63,11 +80,13 @@ def register_model(name: str, *, example_input_shape: tuple[int, ...] | None = N
 
 def list_models() -> list[str]:
     """The registered architecture names, sorted."""
+    _discover()
     return sorted(_REGISTRY)
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for `name`. Raises ArchitectureError listing the known names."""
+    _discover()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -115,6 +134,7 @@ def register_processor(name: str):
 def create_processor(name: str, files_dir: Path):
     """The processor registered as `name`, built for the archive's files. Raises
     ArchitectureError naming the registered ones."""
+    _discover()
     try:
         cls = _PROCESSORS[name]
     except KeyError:

@@ -1,6 +1,6 @@
 """Real servers the repository tests start on loopback, and the network between them and a client:
 
-    S3Server      moto's standalone S3 server (`moto_server`) in a process of its own, with IAM
+    S3Server      moto's standalone S3 server (scripts/bench/loopback_s3.py) with IAM
                   authentication on: a user with a key that may use S3, and keys it refuses
     HTTPSServer   a folder served over HTTPS with a certificate from a CA the test makes (trustme)
     Proxy         a TCP proxy in front of a server, where a test breaks the network: drop a
@@ -13,47 +13,24 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from scripts.config import free_ports
+from scripts.bench.loopback_s3 import LoopbackS3
 
 
-def wait_listening(port: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-class S3Server:
-    """`moto_server` with authentication: the first actions create a user allowed s3:*, then
-    every request must be signed with a key moto knows."""
+class S3Server(LoopbackS3):
+    """moto's S3 server with authentication: its first actions create a user allowed s3:*, then
+    every request must be signed with a key moto knows (`key_id`, `secret`)."""
 
     def __init__(self, workdir: Path) -> None:
-        self.workdir, self.process = workdir, None
-        self.port = free_ports(1)[0]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        super().__init__(workdir, auth_free_actions=3)
 
     def start(self) -> "S3Server":
-        log = open(self.workdir / "moto.log", "ab")
-        moto = Path(sys.executable).parent / "moto_server"
-        self.process = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(self.port)],
-                                        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
-                                        stdout=log, stderr=subprocess.STDOUT)
-        wait_listening(self.port)
+        super().start()
         self.key_id, self.secret = self._make_user()
         return self
 
@@ -71,23 +48,10 @@ class S3Server:
         return key["AccessKeyId"], key["SecretAccessKey"]
 
     def env(self, endpoint: str | None = None) -> dict[str, str]:
-        """The standard AWS variables of a client of this server (through `endpoint`)."""
-        return {"AWS_ENDPOINT_URL": endpoint or self.endpoint, "AWS_ACCESS_KEY_ID": self.key_id,
-                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
-                "AWS_EC2_METADATA_DISABLED": "true"}
+        return super().env(self.key_id, self.secret, endpoint)
 
     def client(self):
-        import boto3
-
-        return boto3.session.Session().client(
-            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
-            aws_access_key_id=self.key_id, aws_secret_access_key=self.secret)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        return super().client(self.key_id, self.secret)
 
 
 class HTTPSServer:

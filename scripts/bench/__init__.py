@@ -6,6 +6,7 @@
     protocols   protocols.py    the same OIP tensors as JSON and as binary
     images      images.py       JPEG bodies into ResNet-18
     hostile     hostile.py      valid requests' latency beside 10% hostile ones; a 5 MB text's cost
+    repository  repository.py   signed publish and verified pull on loopback S3 vs boto3 + sha256sum
 
 `mar bench --runtimes` (runtimes.py) compares eager with the exported runtimes instead, and
 gpu_check.py makes the GPU table. The load generators are in drivers.py, the stock and no-op
@@ -22,7 +23,8 @@ from pathlib import Path
 from types import ModuleType
 
 from handlers.errors import UsageError
-from scripts.bench import builds, cold_start, hostile, images, protocols, throughput
+from scripts.bench import (builds, cold_start, hostile, images, protocols, repository,
+                           throughput)
 from scripts.bench.archives import make_bench_model
 from scripts.bench.drivers import ab_run, wrk_run
 from scripts.bench.harness import BenchRun
@@ -49,6 +51,7 @@ _PARTS = {
     "protocols": _Part(protocols, "protocols"),
     "images": _Part(images, "images"),
     "hostile": _Part(hostile, "hostile"),
+    "repository": _Part(repository, "repository", needs_server=False, needs_load=False),
 }
 PARTS = tuple(_PARTS)
 

@@ -196,11 +196,9 @@ class S3Store(Store):
         return sorted(names)
 
     def put_file(self, key: str, path: Path) -> None:
-        from boto3.s3.transfer import TransferConfig
-
+        # boto3's own multipart settings (8 MB parts, 10 threads): 64 MB parts took 1.6x as long
         with _s3_errors(self, key):
-            self.client.upload_file(str(path), self.bucket, self._key(key),
-                                    Config=TransferConfig(multipart_chunksize=64 << 20))
+            self.client.upload_file(str(path), self.bucket, self._key(key))
 
     def put_bytes(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         with _s3_errors(self, key, exclusive=exclusive):
