@@ -168,8 +168,8 @@ def _compare(store: Store, published: PublishedVersion, signed: SignedManifest |
     if problems:
         raise IntegrityError(f"{where} changed after it was published ({'; '.join(problems)}, "
                              "against version.json): an object was replaced between the listing "
-                             "and the download. Nothing was kept; pull again, and ask who writes "
-                             "to the repository.")
+                             "and the download, and versions never change. Nothing was kept. Ask "
+                             "who writes to the repository, and pull a version published since.")
     problems = downloaded.record.differences(downloaded.entries)
     if problems:
         raise IntegrityError(f"{where} does not match its own build record "

@@ -155,3 +155,13 @@ def test_a_published_layout_lands_whole_signature_last_and_verifies_after_downlo
                                str(download), "--signature", str(download / "model.sig"),
                                "--public_key", str(keys.public)], capture_output=True, text=True)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_an_image_without_a_signature_is_refused_with_the_flag_to_add(exported, tmp_path):
+    layout, keys, _ = exported
+    archive = next((layout / "model-store").glob("*.mar"))
+    refused = run_mar("export-kserve", archive, "--out", tmp_path / "a", "--image", "x:1",
+                      check=False)
+    assert refused.returncode == 1 and "add --sign-key KEY.pem" in refused.stderr
+    run_mar("export-kserve", archive, "--out", tmp_path / "b", "--image", "x:1", "--sign-key",
+            keys.private)

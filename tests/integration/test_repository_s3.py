@@ -124,7 +124,10 @@ def test_an_object_replaced_between_listing_and_download_is_refused(s3, built, r
         proxy.close()
     assert refused.returncode == 1, refused.stdout
     assert "changed after it was published" in refused.stderr and "version.json" in refused.stderr
+    assert "pull a version published since" in refused.stderr
     assert _store(node) == []
+    run_mar("publish", built["1.1"], repo, env=s3.env())  # the fix: a version published since
+    assert _pull(node, repo, s3.env(), version="1.1").returncode == 0
 
 
 @pytest.mark.parametrize("where", ["inside the archive", "after the archive"])

@@ -124,6 +124,15 @@ def test_with_trusted_keys_each_bad_archive_is_refused_by_name_and_leaves_nothin
     assert {p: p.read_bytes() for p in node_store.iterdir()} == before
 
 
+def test_an_unsigned_version_is_refused_until_its_publisher_signs(built, repo, node_store):
+    publish(built["mar"], str(repo))
+    with pytest.raises(IntegrityError, match="publish it with `mar publish ARCHIVE REPO "
+                                             "--sign-key KEY.pem`"):
+        _pull(repo, node_store, [built["signer"].public])
+    publish(built["newer"], str(repo), sign_key=built["signer"].private)  # the fix, a new version
+    assert _pull(repo, node_store, [built["signer"].public], version="1.1").verified_by
+
+
 def test_the_untrusted_key_fix_works_when_applied(built, repo, node_store):
     publish(built["mar"], str(repo), sign_key=built["stranger"].private)
     with pytest.raises(IntegrityError, match="add their public key with --trust PUB.pem"):
@@ -172,9 +181,11 @@ def test_versions_never_change_and_a_missing_one_lists_those_that_exist(built, r
                                               r"the spec a new `version` \(e.g. 1.1\)"):
         publish(built["mar"], str(repo))
     publish(built["newer"], str(repo))  # the fix: a new version
-    with pytest.raises(RepositoryError, match="Published versions of digits_cnn: 1.0, 1.1"):
+    with pytest.raises(RepositoryError, match="Published versions of digits_cnn: 1.0, 1.1. Pull "
+                                              "one of those"):
         _pull(repo, node_store, version="2.0")
     assert [v.version for v in published_versions(open_store(str(repo)))] == ["1.0", "1.1"]
+    assert _pull(repo, node_store, version="1.1").archive.is_file()  # one of those
 
 
 def test_an_unfinished_publish_is_invisible_and_publishing_again_succeeds(built, repo,
@@ -201,9 +212,12 @@ def test_a_pull_never_replaces_what_the_model_store_holds(built, repo, node_stor
     publish(built["mar"], str(repo))
     node_store.mkdir(parents=True)
     (node_store / "digits_cnn-1.0.mar").write_bytes(b"registered and serving")
-    with pytest.raises(RepositoryError, match="is in the model store already"):
+    with pytest.raises(RepositoryError, match="is in the model store already. Pull another "
+                                              "version, or remove it first"):
         _pull(repo, node_store)
     assert (node_store / "digits_cnn-1.0.mar").read_bytes() == b"registered and serving"
+    (node_store / "digits_cnn-1.0.mar").unlink()  # the fix
+    assert _pull(repo, node_store).archive.read_bytes() == built["mar"].read_bytes()
 
 
 def test_an_installed_archive_changed_after_the_pull_fails_its_check(built, repo, node_store):
@@ -232,8 +246,10 @@ def test_mar_yaml_names_every_problem(tmp_path):
     (tmp_path / "mar.yaml").write_text("trusted_key: [a.pub]\nrequire_signed: true\n")
     with pytest.raises(UsageError) as refused:
         MarSettings.beside(tmp_path / "config.properties")
-    assert "unknown key `trusted_key`" in str(refused.value)
+    assert "unknown key `trusted_key`: remove it or fix its spelling" in str(refused.value)
     assert "`require_signed: true` needs `trusted_keys`" in str(refused.value)
+    (tmp_path / "mar.yaml").write_text("trusted_keys: [a.pub]\nrequire_signed: true\n")
+    assert MarSettings.beside(tmp_path / "config.properties").require_signed  # both fixed
 
 
 def test_a_signing_key_that_is_not_one_is_refused_with_how_to_make_one(built, repo, tmp_path):
