@@ -63,7 +63,8 @@ def _run_pod(layout: Path, key: Path, root: Path, command: str) -> subprocess.Co
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(["unshare", "--mount", "--net", "--pid", "--fork", "--mount-proc",
                            "bash", str(POD), str(copy), str(secret), str(home), command,
-                           sys.executable, str(PROBE), "digits_cnn", str(request)],
+                           sys.executable, str(PROBE), "digits_cnn", str(request),
+                           str(root / "answer.json")],
                           capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -78,7 +79,7 @@ def test_the_signed_pod_verifies_then_serves(exported, tmp_path):
     result = _run_pod(layout, keys.public, tmp_path, _pod_command(service))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Verification succeeded" in result.stdout
-    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    answer = json.loads((tmp_path / "answer.json").read_text())
     images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         expected = digits_model()(images)
@@ -111,7 +112,7 @@ def test_a_tampered_pod_exits_non_zero_and_torchserve_never_starts(exported, tmp
     assert "Verification failed" in result.stdout + result.stderr
     home = pod / "home" / "model-server"
     assert not (home / "logs").exists() and not (home / "tmp" / ".model_server.pid").exists()
-    assert '"status"' not in result.stdout  # the wrapper's stand-in never ran
+    assert not (pod / "answer.json").exists()  # the wrapper's stand-in never ran
 
 
 def test_the_signed_inference_service_reads_the_key_from_a_secret(exported):

@@ -1,8 +1,8 @@
 """Stands in for KServe's wrapper in the pod (tests/kserve/pod.sh): waits as it does for a READY
-worker through TorchServe's management API (no token), sends one v1 request, prints the answer
-as JSON, stops TorchServe.
+worker through TorchServe's management API (no token), sends one v1 request, writes the answer as
+JSON to ANSWER.json (TorchServe logs to the same stdout), stops TorchServe.
 
-    python probe.py MODEL REQUEST.json
+    python probe.py MODEL REQUEST.json ANSWER.json
 """
 
 import json
@@ -27,13 +27,15 @@ def ready(model: str, timeout_s: float = 180) -> None:
     raise SystemExit(f"{model} never had a READY worker")
 
 
-def main(model: str, request_path: str) -> None:
+def main(model: str, request_path: str, answer_path: str) -> None:
     ready(model)
     request = urllib.request.Request(f"{BASE}/v1/models/{model}:predict",
                                      data=open(request_path, "rb").read(), method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as answer:
-        print(json.dumps({"status": answer.status, "body": json.loads(answer.read())}))
+        result = {"status": answer.status, "body": json.loads(answer.read())}
+    with open(answer_path, "w") as out:
+        json.dump(result, out)
     subprocess.run(["torchserve", "--stop"], check=True, capture_output=True)
 
 
