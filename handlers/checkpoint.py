@@ -4,7 +4,9 @@ Every load is `torch.load(weights_only=True)` (memory-mapped) or safetensors: a 
 or a crafted pickle is refused with the reason, never run. Training scripts save the state_dict
 beside other things (`{"state_dict", "optimizer", "epoch"}`, `{"model_state", ...}`,
 `{"teacher", "student"}`); the spec's `checkpoint.key` names it, the usual names are tried without
-one, and a file with exactly one mapping of tensors needs none.
+one, and a file with exactly one mapping of tensors needs none. A sharded checkpoint (an index and
+its shards, handlers/shards.py) is read shard by shard the same way, and its keys are normalised
+together.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import Tensor
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from handlers.errors import WeightsError
+from handlers.shards import is_index, read_index
 from handlers.spec import CheckpointSpec
 
 __all__ = ["Checkpoint", "read_checkpoint", "is_state_dict"]
@@ -43,15 +46,52 @@ class Checkpoint:
 
 
 def read_checkpoint(path: Path, settings: CheckpointSpec = CheckpointSpec()) -> Checkpoint:
-    """Load a checkpoint without executing code, take the state_dict the spec's `checkpoint`
-    section selects, strip training prefixes and apply the spec's. Raises WeightsError."""
-    if path.suffix == ".safetensors":
-        checkpoint = Checkpoint(_read_safetensors(path), [f"read {path.name} with safetensors"])
-    else:
-        checkpoint = _select(_torch_load(path), path, settings)
+    """Load a checkpoint (a file, or a shard index) without executing code, take the state_dict
+    the spec's `checkpoint` section selects, strip training prefixes and apply the spec's.
+    Raises WeightsError."""
+    checkpoint = _read_shards(path, settings) if is_index(path) else _read_file(path, settings)
     _strip_training_prefixes(checkpoint)
     _apply_spec_prefixes(checkpoint, settings, path)
     return checkpoint
+
+
+def _read_file(path: Path, settings: CheckpointSpec) -> Checkpoint:
+    if path.suffix != ".safetensors":
+        return _select(_torch_load(path), path, settings)
+    if settings.key or settings.use_ema:
+        raise WeightsError(f"{path} is a safetensors file: one flat mapping of tensors, with no "
+                           "entries for `checkpoint.key` or `use_ema` to choose from. Remove them; "
+                           'to take the keys under a prefix, write checkpoint: {strip_prefix: "model."}')
+    return Checkpoint(_read_safetensors(path), [f"read {path.name} with safetensors"])
+
+
+def _read_shards(path: Path, settings: CheckpointSpec) -> Checkpoint:
+    """Every shard of the index at `path`, one at a time (memory-mapped), each checked against
+    the index, merged into one state_dict."""
+    index = read_index(path)
+    merged, found_in, notes = {}, {}, []
+    for shard in index.shards:
+        part = _read_file(shard, settings)
+        absent = sorted(index.tensors_in(shard) - set(part.state_dict))
+        if absent:
+            raise WeightsError(f"{shard} lacks {_preview(absent)}, which {index.path.name} places "
+                               "in it: the shard and the index come from different saves. Copy "
+                               "the shards written with this index.")
+        unlisted = sorted(set(part.state_dict) - set(index.weight_map))
+        if unlisted:
+            raise WeightsError(f"{shard} holds {_preview(unlisted)}, which {index.path.name} does "
+                               "not list: the shard and the index come from different saves.")
+        twice = sorted(set(part.state_dict) & set(found_in))
+        if twice:
+            raise WeightsError(f"tensor {twice[0]} is in both {found_in[twice[0]]} and {shard.name}"
+                               + (f" ({len(twice)} tensors in all)" if len(twice) > 1 else "")
+                               + f"; {index.path.name} places it in "
+                               f"{index.weight_map[twice[0]]}. Keep each tensor in one shard.")
+        found_in.update(dict.fromkeys(part.state_dict, shard.name))
+        merged.update(part.state_dict)
+        notes += [note for note in part.notes if note not in notes and not note.startswith("read ")]
+    return Checkpoint(merged, [f"read {len(index.shards)} shards of {path.name} "
+                               f"({len(merged)} tensors), one at a time, memory-mapped", *notes])
 
 
 def is_state_dict(value: object) -> bool:

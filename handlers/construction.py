@@ -39,15 +39,18 @@ class LoadedModel:
 
 
 def build_model(spec: ModelSpec, weights_path: Path, *, device: torch.device,
-                expected_blake3: str | None = None) -> LoadedModel:
-    """Construct `spec.arch` with `spec.params`, load the checkpoint strictly (or as the spec's
-    `checkpoint` section allows), return it in eval mode on `device` at the spec's precision.
+                expected_blake3: dict[str, str] | None = None) -> LoadedModel:
+    """Construct `spec.arch` with `spec.params`, load the checkpoint (a file, or a shard index)
+    strictly (or as the spec's `checkpoint` section allows), return it in eval mode on `device`
+    at the spec's precision.
 
-    With `expected_blake3`, the file is hashed while the model is constructed and a mismatch
-    raises WeightsError before any weight is used. Raises WeightsError or ArchitectureError.
+    With `expected_blake3` ({file name beside the weights: digest}, every file of the weights),
+    the files are hashed while the model is constructed and a mismatch raises WeightsError before
+    any weight is used. Raises WeightsError or ArchitectureError.
     """
     with ThreadPoolExecutor(max_workers=1) as pool:
-        digest = pool.submit(blake3_file, weights_path) if expected_blake3 else None
+        digest = pool.submit(_blake3_files, weights_path.parent, list(expected_blake3)) \
+            if expected_blake3 else None
         checkpoint = read_checkpoint(weights_path, spec.checkpoint)
         # A partial load keeps the constructor's values for what is missing, so it needs them real.
         partial = bool(spec.checkpoint.allow_missing)
@@ -55,13 +58,19 @@ def build_model(spec: ModelSpec, weights_path: Path, *, device: torch.device,
         if not (spec.checkpoint.strip_prefix or spec.checkpoint.add_prefix):
             align_prefix(model, checkpoint)
         plan = match_state_dict(model, checkpoint.state_dict, spec=spec, weights_path=weights_path)
-        if digest is not None and digest.result() != expected_blake3:
+        altered = [name for name, found in (digest.result() if digest else {}).items()
+                   if found != expected_blake3[name]]
+        if altered:
             raise WeightsError(
-                f"{weights_path} does not match the archive's build record (BLAKE3 "
-                f"{digest.result()} != {expected_blake3}): the archive was altered after `mar build`. "
-                "Rebuild it from the spec and the original weights.")
+                f"{', '.join(altered)} in {weights_path.parent} do(es) not match the archive's "
+                "build record (BLAKE3): the archive was altered after `mar build`. Rebuild it "
+                "from the spec and the original weights.")
     _load(model, checkpoint.state_dict, plan, assign=not partial)
     return LoadedModel(model.eval().to(device=device, dtype=model_dtype(spec)), checkpoint.notes, plan)
+
+
+def _blake3_files(folder: Path, names: list[str]) -> dict[str, str]:
+    return {name: blake3_file(folder / name) for name in names}
 
 
 def _construct(spec: ModelSpec, *, parameters_on_meta: bool) -> nn.Module:

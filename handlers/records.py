@@ -52,10 +52,10 @@ class WeightsEntry:
 
 @dataclass(frozen=True)
 class BuildRecord:
-    FORMAT: ClassVar[int] = 2  # 2: runtime; format 1 records (eager only) read as they are
+    FORMAT: ClassVar[int] = 3  # 3: shards; 2: runtime; older records read as they are
 
     model: dict[str, str]  # name, version, arch
-    weights: WeightsEntry
+    weights: WeightsEntry  # the file spec.yaml names: the checkpoint, a shard index, an artifact
     files: dict[str, str]  # archive name -> sha256, for every packaged file but the weights
     source: dict[str, Any] | None  # git commit and uncommitted changes; None outside git
     torch_version: str
@@ -64,6 +64,12 @@ class BuildRecord:
     # eager: None. An exported runtime: {"name", "target_device", "eager_weights_sha256"}; then
     # `weights` is the exported artifact, which holds the weights.
     runtime: dict[str, Any] | None = None
+    shards: list[WeightsEntry] = field(default_factory=list)  # a sharded checkpoint's shards
+
+    @property
+    def weight_entries(self) -> list[WeightsEntry]:
+        """Every file of the weights: the one spec.yaml names, then any shards."""
+        return [self.weights, *self.shards]
 
     def to_bytes(self) -> bytes:
         data = {"format": self.FORMAT, **asdict(self)}
@@ -90,12 +96,13 @@ class BuildRecord:
             raise IntegrityError(f"{where} is not valid JSON ({err}): the archive was altered "
                                  "after `mar build`. Rebuild it.") from None
         _check_format(data.pop("format", None), cls.FORMAT, where)
-        return cls(**{**data, "weights": WeightsEntry(**data["weights"])})
+        return cls(**{**data, "weights": WeightsEntry(**data["weights"]),
+                      "shards": [WeightsEntry(**shard) for shard in data.get("shards", [])]})
 
     def differences(self, digests: dict[str, str]) -> list[str]:
         """What sets an archive's files apart from this record, given the sha256 of every file
         of it by name: files changed or missing, and files the record does not list."""
-        expected = {**self.files, self.weights.file: self.weights.sha256}
+        expected = {**self.files, **{entry.file: entry.sha256 for entry in self.weight_entries}}
         changed = [f"{name} {'differs' if name in digests else 'is missing'}"
                    for name, digest in sorted(expected.items()) if digests.get(name) != digest]
         unlisted = [f"{name} is not in the record"
@@ -114,9 +121,10 @@ class BuildRecord:
 
     def check_weights_sha256(self, model_dir: Path) -> None:
         """The weights against their recorded sha256 (workers check the faster BLAKE3)."""
-        if sha256_file(model_dir / self.weights.file) != self.weights.sha256:
-            raise IntegrityError(f"{self.weights.file} does not match its recorded sha256: the "
-                                 "archive was altered after `mar build`. Rebuild it.")
+        for entry in self.weight_entries:
+            if sha256_file(model_dir / entry.file) != entry.sha256:
+                raise IntegrityError(f"{entry.file} does not match its recorded sha256: the "
+                                     "archive was altered after `mar build`. Rebuild it.")
 
 
 # ---- golden.pt ----

@@ -70,7 +70,7 @@ class ModelSpec:
     name: str
     version: str
     arch: str
-    weights: str  # as written in the file; resolve with ModelSpec.weights_path()
+    weights: str  # a checkpoint, a shard index or a folder; resolve with ModelSpec.weights_path()
     io: IOSpec  # inputs, outputs, mask, tokenizer, labels (handlers/io_spec.py)
     params: dict[str, Any] = field(default_factory=dict)
     serving: ServingSpec = field(default_factory=ServingSpec)
@@ -99,7 +99,8 @@ class ModelSpec:
         return self.io.inputs[0]
 
     def weights_path(self, repo_root: Path | None = None) -> Path:
-        """Return the weights file: relative to the spec's folder first, then to `repo_root`.
+        """Return the weights (a file, or a folder holding a shard index): relative to the
+        spec's folder first, then to `repo_root`.
 
         Raises SpecError naming every place that was tried when none holds the file.
         """
@@ -112,7 +113,7 @@ class ModelSpec:
             if repo_root is not None:
                 candidates.append(repo_root / written)
         for candidate in candidates:
-            if candidate.is_file():
+            if candidate.exists():
                 return candidate.resolve()
         tried = ", ".join(str(c) for c in candidates)
         raise SpecError(

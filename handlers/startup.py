@@ -59,13 +59,14 @@ def load_archive_model(model_dir: Path, *, gpu_id: int | str | None = None,
     else:
         model = model_io = _exported_model(spec, model_dir, record, device)
     error = golden.check(model_io, device, model_dir)  # also the warm-up, at the largest batch
-    return ArchiveModel(spec, model, model_io, device, error, record.weights.bytes)
+    return ArchiveModel(spec, model, model_io, device, error,
+                        sum(entry.bytes for entry in record.weight_entries))
 
 
 def _eager_model(spec: ModelSpec, model_dir: Path, record: BuildRecord, golden: GoldenRecord,
                  device: torch.device) -> nn.Module:
     loaded = build_model(spec, model_dir / record.weights.file, device=device,
-                         expected_blake3=record.weights.blake3)
+                         expected_blake3={e.file: e.blake3 for e in record.weight_entries})
     model = prepare_model(loaded.model, spec)
     if spec.serving.compile:
         model = _compiled_or_eager(spec, model, golden, device)

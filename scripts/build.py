@@ -22,6 +22,7 @@ from handlers.hashing import blake3_file, sha256_and_crc32, sha256_bytes, sha256
 from handlers.device import prepare_model
 from handlers.model_io import ModelIO
 from handlers.runtimes import runtime_named
+from handlers.shards import resolve_weights, weight_files
 from handlers.records import (BUILD_RECORD_FILE, FILES_DIR, GOLDEN_FILE, MODEL_CONFIG_FILE, SPEC_FILE,
                               BuildRecord, GoldenRecord, WeightsEntry)
 from handlers.golden_inputs import golden_inputs
@@ -60,29 +61,30 @@ def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: st
     Raises MarError (SpecError, WeightsError, ArchitectureError among them) with the cause and fix.
     """
     spec = load_spec(spec_path)
-    weights_path = Path(weights).resolve() if weights else spec.weights_path(REPO_ROOT)
+    weights_path = resolve_weights(Path(weights).resolve() if weights else
+                                   spec.weights_path(REPO_ROOT))
     if not weights_path.is_file():
-        raise UsageError(f"--weights {weights_path} is not a file. Pass the state_dict file.")
+        raise UsageError(f"--weights {weights_path} is not a file. Pass the state_dict file, a "
+                         "shard index, or a folder holding one.")
     export_dir = Path(export_path).resolve()
     target = archive_path(export_dir, spec.name, spec.version, archive_format)
     with tempfile.TemporaryDirectory(prefix="mar-export-") as scratch, \
             ThreadPoolExecutor(max_workers=2) as pool:
-        # The weights are hashed on the other core while they are validated and copied; the build
-        # record that needs the digest is written last.
-        weights_digest = pool.submit(sha256_and_crc32, weights_path)
+        # The weights (every shard) are hashed on the other core while they are validated and
+        # copied; the build record that needs the digests is written last.
+        digests = {path: pool.submit(sha256_and_crc32, path) for path in weight_files(weights_path)}
         loaded, golden = validate(spec, weights_path)
         exported = export_artifact(spec, prepare_model(loaded.model, spec), golden, Path(scratch)) \
             if runtime_named(spec.serving.runtime).exported else None
-        served = exported.path if exported else weights_path
-        served_digest = pool.submit(sha256_and_crc32, served) if exported else weights_digest
-        members = _members(spec, weights_path, served, served_digest, weights_digest, exported,
-                           loaded, golden)
+        served = {exported.path: pool.submit(sha256_and_crc32, exported.path)} if exported \
+            else digests
+        members = _members(spec, served, digests[weights_path], exported, loaded, golden)
         export_dir.mkdir(parents=True, exist_ok=True)
         archive_sha256 = write_archive(target, members, archive_format=archive_format,
-                                       crcs={served: served_digest.result().crc32})
+                                       crcs={path: d.result().crc32 for path, d in served.items()})
         return BuildResult(
             archive=target, archive_sha256=archive_sha256, spec=spec, weights=weights_path,
-            weights_sha256=weights_digest.result().sha256,
+            weights_sha256=digests[weights_path].result().sha256,
             parameters=sum(p.numel() for p in loaded.model.parameters()),
             golden=golden, checkpoint_notes=loaded.checkpoint_notes,
             let_through_missing=loaded.plan.let_through_missing,
@@ -108,12 +110,12 @@ def validate(spec: ModelSpec, weights_path: Path) -> tuple[LoadedModel, GoldenRe
                        "batch dimension) and `params`.") from None
 
 
-def _members(spec: ModelSpec, weights_path: Path, served: Path, served_digest: Future,
-             weights_digest: Future, exported: ExportedArtifact | None, loaded: LoadedModel,
+def _members(spec: ModelSpec, served: dict[Path, Future], weights_digest: Future,
+             exported: ExportedArtifact | None, loaded: LoadedModel,
              golden: GoldenRecord) -> dict[str, Member]:
-    """Every file of the archive (name -> source): the state_dict, or the runtime's artifact in
-    its place. The build record is deferred: it needs the served file's digest, which is computed
-    while the rest is written."""
+    """Every file of the archive (name -> source): the checkpoint (or its index and shards, as
+    they are), or the runtime's artifact in its place. The build record is deferred: it needs
+    the served files' digests, which are computed while the rest is written."""
     members: dict[str, Member] = {HANDLER_FILE.name: HANDLER_FILE}
     for source in sorted(HANDLERS_DIR.rglob("*.py")):
         if source != HANDLER_FILE:
@@ -123,23 +125,29 @@ def _members(spec: ModelSpec, weights_path: Path, served: Path, served_digest: F
         members[f"model_defs/{source.relative_to(package_dir).as_posix()}"] = source
     for relative, source in _spec_files(spec).items():
         members[f"{FILES_DIR}/{relative}"] = source
-    if served.name in members or served.name in (SPEC_FILE, MODEL_CONFIG_FILE, BUILD_RECORD_FILE,
+    entry = next(iter(served))
+    for path in served:
+        if path.name in members or path.name in (SPEC_FILE, MODEL_CONFIG_FILE, BUILD_RECORD_FILE,
                                                  GOLDEN_FILE):
-        raise SpecError(f"weights file name {served.name!r} collides with a file the archive "
-                       "needs. Rename the weights file.")
-    members[SPEC_FILE] = yaml.safe_dump(spec_to_dict(spec, weights=served.name),
+            raise SpecError(f"weights file name {path.name!r} collides with a file the archive "
+                            "needs. Rename the weights file.")
+    members[SPEC_FILE] = yaml.safe_dump(spec_to_dict(spec, weights=entry.name),
                                         sort_keys=False).encode()
     members[MODEL_CONFIG_FILE] = yaml.safe_dump(spec.serving.model_config(), sort_keys=False).encode()
     members[GOLDEN_FILE] = golden.to_bytes()
     members[MANIFEST_NAME] = manifest_json(name=spec.name, version=spec.version,
-                                           handler=HANDLER_FILE.name, weights=served.name,
+                                           handler=HANDLER_FILE.name, weights=entry.name,
                                            config_file=MODEL_CONFIG_FILE)
     files = {name: _sha256(source) for name, source in sorted(members.items())}
-    members[served.name] = served
+    members.update({path.name: path for path in served})
+
+    def weights_entry(path: Path) -> WeightsEntry:
+        return WeightsEntry(file=path.name, bytes=path.stat().st_size,
+                            sha256=served[path].result().sha256, blake3=blake3_file(path))
+
     members[BUILD_RECORD_FILE] = lambda: BuildRecord(
         model={"name": spec.name, "version": spec.version, "arch": spec.arch},
-        weights=WeightsEntry(file=served.name, bytes=served.stat().st_size,
-                             sha256=served_digest.result().sha256, blake3=blake3_file(served)),
+        weights=weights_entry(entry), shards=[weights_entry(p) for p in list(served)[1:]],
         files=files, source=_git_state(), torch_version=torch.__version__,
         checkpoint={"normalised": loaded.checkpoint_notes,
                     "let_through_missing": list(loaded.plan.let_through_missing),

@@ -132,7 +132,7 @@ def test_tampered_weights_are_refused_before_use(tmp_path, mlp):
     torch.save(mlp.state_dict(), tmp_path / "c.pt")
     with pytest.raises(WeightsError, match="altered after `mar build`"):
         build_model(mlp_spec(tmp_path, "c.pt"), tmp_path / "c.pt", device=CPU,
-                    expected_blake3="0" * 64)
+                    expected_blake3={"c.pt": "0" * 64})
 
 
 @pytest.mark.parametrize("save", ["torch", "safetensors"])
