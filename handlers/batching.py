@@ -2,9 +2,11 @@
 
 Padding changes what an LSTM's last state or a convolution sees, so it happens only when the spec
 names an attention mask: then every part of the batch is padded to the longest (inputs with their
-`pad` value, the mask with 0) and runs in one forward pass. Otherwise parts of the same shape run
-together, one forward pass per distinct shape. Outputs that follow a dynamic input dimension are cut
-back to each part's own length.
+`pad` value, the mask with 0) and runs in one forward pass. A model that takes lists (`batching:
+list`, torchvision's detectors) gets every sample of the batch in one forward pass, each its own
+tensor at its own size. Otherwise parts of the same shape run together, one forward pass per
+distinct shape. Outputs that follow a dynamic input dimension are cut back to each part's own
+length, on the same axes; per-sample outputs (a list, one tensor per sample) go back by sample.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from handlers.spec import ModelSpec
 __all__ = ["Batcher", "Batch", "Outputs"]
 
 Outputs = dict[str, np.ndarray | list[np.ndarray]]  # one request's rows per output name
+Rows = np.ndarray | list[np.ndarray]  # (n, ...) rows, or n per-sample arrays
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,9 @@ class _Member:
 
 @dataclass(frozen=True)
 class Batch:
-    """One forward pass: its input tensors on the device, and whose rows they are."""
-    inputs: dict[str, Tensor]
+    """One forward pass: its input tensors on the device (or lists of per-sample tensors), and
+    whose rows they are."""
+    inputs: dict[str, Tensor | list[Tensor]]
     members: list[_Member]
 
 
@@ -49,6 +53,8 @@ class Batcher:
         """The requests' parts as forward passes: one, padded, with an attention mask; else one
         per distinct shape."""
         members = [(index, part) for index, parts in enumerate(requests) for part in parts]
+        if self.spec.io.batching == "list":
+            return [self._listed(members)]
         if self.spec.io.attention_mask:
             keys = [0] * len(members)  # all together, padded
         else:
@@ -62,12 +68,13 @@ class Batcher:
         return [Batch({name: self._tensor(name, [m.part[name] for m in group])
                        for name in self.inputs}, group) for group in groups.values()]
 
-    def split(self, batches: list[Batch], outputs: list[dict[str, Tensor]],
+    def split(self, batches: list[Batch], outputs: list[dict[str, Tensor | list[Tensor]]],
               requests: int) -> list[Outputs]:
         """Every request's rows of every output, cut back to its lengths, in request order."""
-        per_request: list[dict[str, list[np.ndarray]]] = [{} for _ in range(requests)]
+        per_request: list[dict[str, list[Rows]]] = [{} for _ in range(requests)]
         for batch, batch_outputs in zip(batches, outputs):
-            arrays = {name: _to_numpy(value) for name, value in batch_outputs.items()}
+            arrays = {name: [_to_numpy(v) for v in value] if isinstance(value, list)
+                      else _to_numpy(value) for name, value in batch_outputs.items()}
             for member in batch.members:
                 rows = len(next(iter(member.part.values())))
                 for name, values in arrays.items():
@@ -75,6 +82,15 @@ class Batcher:
                     per_request[member.request].setdefault(name, []).append(piece)
         return [{name: _joined(pieces) for name, pieces in outputs.items()}
                 for outputs in per_request]
+
+    def _listed(self, members: list[tuple[int, Part]]) -> Batch:
+        """Every sample in one forward pass, each its own tensor (forward() takes lists)."""
+        group, start = [], 0
+        for index, part in members:
+            group.append(_Member(index, part, start))
+            start += len(next(iter(part.values())))
+        return Batch({name: [self._on_device(name, row) for m in group for row in m.part[name]]
+                      for name in self.inputs}, group)
 
     def _tensor(self, name: str, arrays: list[np.ndarray]) -> Tensor:
         """One input's arrays as a tensor on the device, padded to the longest when they differ;
@@ -85,21 +101,39 @@ class Batcher:
         else:
             longest = tuple(max(sizes) for sizes in zip(*shapes))
             stacked = pad_concat(arrays, longest, self.pad_values[name])
-        if not stacked.flags.writeable:  # a v2 binary tensor is a view of the request bytes
-            stacked = stacked.copy()
-        tensor = torch.from_numpy(np.ascontiguousarray(stacked))
+        return self._on_device(name, stacked)
+
+    def _on_device(self, name: str, array: np.ndarray) -> Tensor:
+        """An array as a tensor on the device at the input's dtype; on a GPU through pinned
+        memory, so the copy is asynchronous."""
+        if not array.flags.writeable:  # a v2 binary tensor is a view of the request bytes
+            array = array.copy()
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory()
         return tensor.to(self.device, dtype=self.dtypes[name], non_blocking=True)
 
-    def _trimmed(self, output: str, values: np.ndarray, part: Part) -> np.ndarray:
+    def _trimmed(self, output: str, values: Rows, part: Part) -> Rows:
         """An output that follows an input's dynamic dimensions, cut back to this part's lengths
-        (copied when the cut leaves gaps: the encoders need C-contiguous arrays)."""
+        on the input's own axes (an image's height and width) (copied when the cut leaves gaps:
+        the encoders need C-contiguous arrays)."""
         source = self.follows.get(output)
         if source is None:
             return values
-        lengths = [part[source].shape[1 + axis] for axis in self.inputs[source].dynamic]
-        return np.ascontiguousarray(values[(slice(None), *(slice(0, n) for n in lengths))])
+        axes = self.inputs[source].dynamic
+        lengths = [part[source].shape[1 + axis] for axis in axes]
+        if isinstance(values, list):  # per sample, no batch axis
+            return [np.ascontiguousarray(value[_cut(value.ndim, axes, lengths, 0)]) for value in values]
+        return np.ascontiguousarray(values[_cut(values.ndim, axes, lengths, 1)])
+
+
+def _cut(ndim: int, axes: tuple[int, ...], lengths: list[int], offset: int) -> tuple:
+    """An index taking the first `lengths` along `axes` (+ offset), all of every other axis."""
+    index = [slice(None)] * ndim
+    for axis, length in zip(axes, lengths):
+        if axis + offset < ndim:
+            index[axis + offset] = slice(0, length)
+    return tuple(index)
 
 
 def _to_numpy(value: Tensor) -> np.ndarray:
@@ -108,8 +142,11 @@ def _to_numpy(value: Tensor) -> np.ndarray:
     return (value.float() if value.is_floating_point() else value).cpu().numpy()
 
 
-def _joined(pieces: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
-    """A request's rows as one array, or per sample when its parts differ in shape."""
+def _joined(pieces: list[Rows]) -> Rows:
+    """A request's rows as one array, or per sample when its parts differ in shape (or are
+    per-sample outputs already)."""
+    if isinstance(pieces[0], list):
+        return [row for piece in pieces for row in piece]
     if len(pieces) == 1:
         return pieces[0]
     if len({p.shape[1:] for p in pieces}) == 1:

@@ -19,10 +19,13 @@ Tensors = dict[str, Tensor]
 def golden_inputs(spec: ModelSpec) -> list[Tensors]:
     """One batch per length of the dynamic dimensions (1, about half the bound, the bound), plus,
     for a model with an attention mask, one of mixed lengths padded the way the handler pads
-    them; each input cast as the model takes it."""
+    them; each input cast as the model takes it. A model that takes lists (`batching: list`)
+    gets a list of samples of sizes spread up to the bound, and one small sample alone."""
     kinds = {i.name: kind_of(spec, i) for i in spec.inputs}
     generator = torch.Generator().manual_seed(0)
     batch = spec.serving.batch_size
+    if spec.io.batching == "list":
+        return _listed(spec, kinds, batch, generator)
     fractions = (0.0, 0.5, 1.0) if any(i.dynamic for i in spec.inputs) else (1.0,)
     cases: list[tuple[list, Tensors]] = []
     for fraction in fractions:
@@ -35,6 +38,15 @@ def golden_inputs(spec: ModelSpec) -> list[Tensors]:
         batches.append(_mixed_lengths(spec, kinds, batch, generator))
     return [{name: tensor.to(input_dtype(spec, kinds[name].input)) for name, tensor in b.items()}
             for b in batches]
+
+
+def _listed(spec: ModelSpec, kinds: dict, batch: int, generator: torch.Generator) -> list:
+    cases = []
+    for fractions in ([(index + 1) / batch for index in range(batch)], [0.0]):
+        cases.append({i.name: [kinds[i.name].golden(
+            i.filled([_length(b, fraction) for b in i.max]), 1, generator)[0].to(
+            input_dtype(spec, i)) for fraction in fractions] for i in spec.inputs})
+    return cases
 
 
 def _length(bound: int, fraction: float) -> int:

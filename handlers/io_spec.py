@@ -12,6 +12,14 @@ named outputs, the attention mask, the tokenizer, classification settings.
     labels: [negative, positive]
     top_k: 1
     label_output: logits
+
+Detection and segmentation models take a list of images of their own sizes and answer each with
+outputs of a size its content decides (torchvision's List[Tensor] -> List[Dict[str, Tensor]]):
+
+    input: {type: image, shape: [3, null, null], max: [1024, 1024], image: {...}}
+    batching: list                       # forward() takes a list of per-sample tensors
+    outputs: {per_sample: true, names: [boxes, scores, labels]}   # one mapping (or tuple) each
+    labels: [background, person, car]    # names for the integer class ids of the `labels` output
 """
 
 from __future__ import annotations
@@ -24,11 +32,12 @@ if TYPE_CHECKING:
     from handlers.kinds.image import ImageSpec
     from handlers.kinds.text import TokenizerSpec
 
-__all__ = ["DTYPES", "INPUT_TYPES", "IO_KEYS", "InputSpec", "OutputSpec", "IOSpec", "parse_io",
-           "io_to_dict"]
+__all__ = ["DTYPES", "INPUT_TYPES", "BATCHING", "IO_KEYS", "InputSpec", "OutputSpec", "IOSpec",
+           "parse_io", "io_to_dict"]
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
 INPUT_TYPES = ("tensor", "image")  # handlers/kinds/: a tokenizer's input is text
+BATCHING = ("stack", "list")  # forward() takes (N, ...) tensors, or a list of N per-sample ones
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
@@ -77,17 +86,20 @@ class IOSpec:
     tokenizer: TokenizerSpec | None = None
     labels: tuple[str, ...] | None = None
     top_k: int | None = None
-    label_output: str | None = None  # the output labels apply to (default: the first)
+    label_output: str | None = None  # the output labels apply to (default: `labels`, else the first)
+    batching: str = "stack"  # one of BATCHING
+    per_sample: bool = False  # forward() returns one mapping or tuple of outputs per sample
 
     @property
     def classified_output(self) -> str | None:
         if self.labels is None:
             return None
-        return self.label_output or self.outputs[0].name
+        names = [o.name for o in self.outputs]
+        return self.label_output or ("labels" if "labels" in names else names[0])
 
 
 IO_KEYS = ("input", "inputs", "outputs", "attention_mask", "tokenizer", "labels", "top_k",
-            "label_output")
+           "label_output", "batching")
 
 
 def parse_io(raw: dict, problems: list[str]) -> IOSpec:
@@ -100,16 +112,20 @@ def parse_io(raw: dict, problems: list[str]) -> IOSpec:
         inputs = tuple(i for i in [_input(raw["input"], "input", problems)] if i)
     else:
         inputs = _inputs(raw["inputs"], problems)
-    names = [i.name for i in inputs]
-    outputs = _outputs(raw.get("outputs"), names, problems)
+    per_sample, outputs = _outputs(raw.get("outputs"), inputs, problems)
     io = IOSpec(inputs=inputs, outputs=outputs,
                 attention_mask=_attention_mask(raw.get("attention_mask"), inputs, problems),
                 tokenizer=_tokenizer(raw.get("tokenizer"), inputs, problems),
                 labels=_labels(raw.get("labels"), problems),
                 top_k=_top_k(raw.get("top_k"), problems),
-                label_output=_label_output(raw.get("label_output"), outputs, problems))
+                label_output=_label_output(raw.get("label_output"), outputs, problems),
+                batching=_batching(raw.get("batching", "stack"), problems),
+                per_sample=per_sample)
     if (io.top_k or io.label_output) and io.labels is None:
         problems.append("`top_k` and `label_output` need `labels`")
+    if io.batching == "list" and io.attention_mask:
+        problems.append("`batching: list` passes each sample at its own length, so there is no "
+                        "padding to mask: drop `attention_mask`, or use batching: stack")
     return io
 
 
@@ -178,31 +194,64 @@ def _image(value: Any, shape: list, where: str, problems: list[str]) -> ImageSpe
     return parse_image(value, shape, where, problems)
 
 
-def _outputs(value: Any, inputs: list[str], problems: list[str]) -> tuple[OutputSpec, ...]:
+def _outputs(value: Any, inputs: tuple[InputSpec, ...],
+             problems: list[str]) -> tuple[bool, tuple[OutputSpec, ...]]:
+    """(per sample, the outputs) from `outputs`: a list of names or {name, follows} in the order
+    forward() returns them, or {per_sample: true, names: [...]} for one mapping or tuple each."""
     if value is None:
-        return (OutputSpec("output"),)
+        return False, (OutputSpec("output"),)
+    per_sample = False
+    if isinstance(value, dict):
+        for key in sorted(set(value) - {"per_sample", "names"}, key=str):
+            problems.append(f"unknown key `outputs.{key}` (allowed: per_sample, names)")
+        per_sample = value.get("per_sample", False)
+        if not isinstance(per_sample, bool):
+            problems.append(f"`outputs.per_sample` {per_sample!r} must be true or false")
+            per_sample = False
+        value = value.get("names")
     if not (isinstance(value, list) and value and all(isinstance(o, (dict, str)) for o in value)):
         problems.append(f"`outputs` must be a list of output names or {{name, follows}} mappings, "
-                        f"in the order forward() returns them, got {value!r}")
-        return (OutputSpec("output"),)
-    outputs = []
-    for i, item in enumerate(value):
-        item = {"name": item} if isinstance(item, str) else item
-        for key in sorted(set(item) - {"name", "follows"}, key=str):
-            problems.append(f"unknown key `outputs[{i}].{key}` (allowed: name, follows)")
-        name, follows = item.get("name"), item.get("follows")
-        if not (isinstance(name, str) and _NAME.match(name)):
-            problems.append(f"`outputs[{i}].name` {name!r} must be a name such as logits")
-            continue
-        if follows is not None and follows not in inputs:
-            problems.append(f"`outputs[{i}].follows` {follows!r} is not an input; it names the "
-                            f"input whose dynamic dimensions the output follows ({', '.join(inputs)})")
-            follows = None
-        outputs.append(OutputSpec(name, follows))
+                        f"in the order forward() returns them (or {{per_sample: true, names: "
+                        f"[...]}} for one mapping per sample), got {value!r}")
+        return per_sample, (OutputSpec("output"),)
+    outputs = [_output(item, i, inputs, problems) for i, item in enumerate(value)]
+    outputs = [o for o in outputs if o is not None]
     names = [o.name for o in outputs]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"output name {name!r} is used twice in `outputs`")
-    return tuple(outputs) or (OutputSpec("output"),)
+    return per_sample, tuple(outputs) or (OutputSpec("output"),)
+
+
+def _output(item: Any, i: int, inputs: tuple[InputSpec, ...],
+            problems: list[str]) -> OutputSpec | None:
+    item = {"name": item} if isinstance(item, str) else item
+    for key in sorted(set(item) - {"name", "follows"}, key=str):
+        problems.append(f"unknown key `outputs[{i}].{key}` (allowed: name, follows)")
+    name, follows = item.get("name"), item.get("follows")
+    if not (isinstance(name, str) and _NAME.match(name)):
+        problems.append(f"`outputs[{i}].name` {name!r} must be a name such as logits")
+        return None
+    source = next((model_input for model_input in inputs if model_input.name == follows), None)
+    if follows is not None and source is None:
+        problems.append(f"`outputs[{i}].follows` {follows!r} is not an input; it names the input "
+                        f"whose dynamic dimensions the output follows "
+                        f"({', '.join(model_input.name for model_input in inputs)})")
+        follows = None
+    elif source is not None and source.image is not None and (source.image.resize or
+                                                             source.image.center_crop):
+        problems.append(f"`outputs[{i}]` follows image input {follows!r}, which is resized or "
+                        "cropped, so the output would not come back at the request's own size: "
+                        f"let the image keep its size (shape [{source.shape[0]}, null, null] with "
+                        "max, no image.resize or image.center_crop)")
+    return OutputSpec(name, follows)
+
+
+def _batching(value: Any, problems: list[str]) -> str:
+    if value not in BATCHING:
+        problems.append(f"`batching` {value!r} is not one of {', '.join(BATCHING)} (list: "
+                        "forward() takes a list of per-sample tensors, each of its own size)")
+        return "stack"
+    return value
 
 
 def _attention_mask(value: Any, inputs: tuple[InputSpec, ...], problems: list[str]) -> str | None:
@@ -265,8 +314,7 @@ def io_to_dict(io: IOSpec) -> dict[str, Any]:
                     **({"max": list(i.max)} if i.max else {}), **({"pad": i.pad} if i.pad else {}),
                     **({"type": i.type} if i.type != "tensor" else {}),
                     **({"image": _image_settings(i.image)} if i.image else {})} for i in io.inputs],
-        "outputs": [{"name": o.name, **({"follows": o.follows} if o.follows else {})}
-                    for o in io.outputs]}
+        "outputs": _outputs_to_data(io)}
     if io.attention_mask:
         data["attention_mask"] = io.attention_mask
     if io.tokenizer:
@@ -277,5 +325,12 @@ def io_to_dict(io: IOSpec) -> dict[str, Any]:
     for key in ("top_k", "label_output"):
         if getattr(io, key) is not None:
             data[key] = getattr(io, key)
+    if io.batching != "stack":
+        data["batching"] = io.batching
     return data
+
+
+def _outputs_to_data(io: IOSpec) -> list | dict:
+    names = [{"name": o.name, **({"follows": o.follows} if o.follows else {})} for o in io.outputs]
+    return {"per_sample": True, "names": names} if io.per_sample else names
 

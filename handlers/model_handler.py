@@ -112,9 +112,10 @@ class ModelHandler:
 
     def unbatch(self, batches: list[Batch], outputs: list[dict[str, Tensor]],
                 accepted: list[Decoded]) -> list[Answer]:
-        """Each accepted request's rows of every output, with their predictions."""
+        """Each accepted request's rows of every output, with their predictions (or, for an
+        output of class ids, the ids as the spec's label names)."""
         rows = self._batcher.split(batches, outputs, len(accepted))
-        return [Answer(request_rows, self._predictions(request_rows)) for request_rows in rows]
+        return [self._answer(request_rows) for request_rows in rows]
 
     def encode_response(self, request: Decoded | Refusal, answer: Answer | Refusal, idx: int,
                         context) -> bytes:
@@ -158,6 +159,20 @@ class ModelHandler:
         self._batcher = Batcher(self.spec, loaded.device, dtypes,
                                 {name: kind.pad_value for name, kind in codec.kinds.items()})
 
+    def _answer(self, rows: dict[str, Any]) -> Answer:
+        output = self.spec.io.classified_output
+        if output is not None and _holds_class_ids(rows[output]):
+            return Answer({**rows, output: self._names(rows[output])}, None)
+        return Answer(rows, self._predictions(rows))
+
+    def _names(self, ids: Any) -> Any:
+        """Class ids as the spec's label names (an id past the list stays its number)."""
+        if isinstance(ids, list):
+            return [self._names(sample) for sample in ids]
+        labels = self.spec.labels
+        return np.array([labels[i] if 0 <= i < len(labels) else str(i) for i in ids.reshape(-1)],
+                        dtype=object).reshape(ids.shape)
+
     def _predictions(self, rows: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Label, probability and class probabilities (the top `top_k`, or all) per sample of the
         labelled output (float32 kept as float32, so the JSON carries 9 digits, not 17)."""
@@ -176,6 +191,12 @@ class ModelHandler:
             predictions.append({"label": labels[best], "probability": row[best],
                                 "probabilities": {labels[i]: row[i] for i in order}})
         return predictions
+
+
+def _holds_class_ids(value: Any) -> bool:
+    """An output of integer class ids (a detector's `labels`), not scores to softmax."""
+    first = value[0] if isinstance(value, list) and value else value
+    return isinstance(first, np.ndarray) and first.dtype.kind in "iu"
 
 
 def _headers(context, idx: int) -> dict[str, Any]:

@@ -129,7 +129,16 @@ class BuildRecord:
 
 # ---- golden.pt ----
 
-Tensors = dict[str, "Tensor"]
+Tensors = dict[str, "Tensor | list[Tensor]"]  # a list: per sample (batching: list, per_sample)
+
+
+def _each(value, work):
+    """`work` on a tensor, or on each tensor of a per-sample list."""
+    return [work(v) for v in value] if isinstance(value, list) else work(value)
+
+
+def _numel(value) -> int:
+    return sum(_numel(v) for v in value) if isinstance(value, list) else value.numel()
 
 
 @dataclass(frozen=True)
@@ -146,8 +155,9 @@ class GoldenComparison:
 class GoldenRecord:
     """Inputs and the outputs the model gave at build, in cases: one batch per length of the
     dynamic dimensions, and for a model with an attention mask one batch of mixed lengths padded
-    as the handler pads them."""
-    FORMAT: ClassVar[int] = 2
+    as the handler pads them. An input or output of a per-sample model is a list of tensors,
+    one per sample, each of its own size (an image with no detections: a [0, 4] tensor)."""
+    FORMAT: ClassVar[int] = 3  # 3: per-sample lists; 2: cases; 1: one tensor each way
     # (rtol, atol) by precision: fp32 allows for another device or thread count; fp16/bf16 for
     # their 11- and 8-bit mantissas.
     TOLERANCES: ClassVar[dict[str, tuple[float, float]]] = {
@@ -167,14 +177,17 @@ class GoldenRecord:
                precision: str) -> "GoldenRecord":
         """Run each case's inputs through the eval-mode model and keep what it gave."""
         rtol, atol = cls.tolerance(precision)
-        return cls([(case, {k: v.clone() for k, v in model_io(case).items()}) for case in inputs],
-                   rtol, atol)
+        return cls([(case, {k: _each(v, lambda t: t.clone()) for k, v in model_io(case).items()})
+                    for case in inputs], rtol, atol)
+
+    @property
+    def largest_case(self) -> tuple[Tensors, Tensors]:
+        """The case whose inputs have the most elements: the warm-up that matters."""
+        return max(self.cases, key=lambda case: sum(_numel(t) for t in case[0].values()))
 
     @property
     def largest_inputs(self) -> Tensors:
-        """The inputs of the case with the most elements: the warm-up that matters."""
-        return max((inputs for inputs, _ in self.cases),
-                   key=lambda case: sum(t.numel() for t in case.values()))
+        return self.largest_case[0]
 
     def to_bytes(self) -> bytes:
         import torch
@@ -201,25 +214,35 @@ class GoldenRecord:
         return cls.from_bytes((model_dir / GOLDEN_FILE).read_bytes(), str(model_dir / GOLDEN_FILE))
 
     def compare(self, outputs: list[Tensors]) -> GoldenComparison:
-        """How far `outputs` (one mapping per case) are from the recorded ones."""
-        import torch
-
+        """How far `outputs` (one mapping per case) are from the recorded ones, sample by sample
+        for per-sample outputs."""
         errors, within = {}, True
         for got, (_, expected) in zip(outputs, self.cases):
             for name, want in expected.items():
-                have = got.get(name)
-                if have is None or have.shape != want.shape:
-                    errors[name], within = float("inf"), False
-                    continue
-                have, want = have.float().cpu(), want.float()
-                error = float((have - want).abs().max()) if want.numel() else 0.0
+                error, close = self._difference(got.get(name), want)
                 errors[name] = max(errors.get(name, 0.0), error)
-                within &= bool(torch.allclose(have, want, rtol=self.rtol, atol=self.atol))
+                within &= close
         return GoldenComparison(max(errors.values(), default=0.0), within, errors)
+
+    def _difference(self, have, want) -> tuple[float, bool]:
+        """(max abs error, within tolerance) of one output; inf when a shape or count differs."""
+        import torch
+
+        if isinstance(want, list):
+            if not isinstance(have, list) or len(have) != len(want):
+                return float("inf"), False
+            pairs = [self._difference(h, w) for h, w in zip(have, want)]
+            return max((e for e, _ in pairs), default=0.0), all(ok for _, ok in pairs)
+        if not isinstance(have, torch.Tensor) or have.shape != want.shape:
+            return float("inf"), False
+        have, want = have.float().cpu(), want.float()
+        error = float((have - want).abs().max()) if want.numel() else 0.0
+        return error, bool(torch.allclose(have, want, rtol=self.rtol, atol=self.atol))
 
     def run(self, model_io: Callable[[Tensors], Tensors], device: torch.device) -> GoldenComparison:
         """Run the recorded inputs through the model on `device` and compare."""
-        return self.compare([model_io({k: v.to(device) for k, v in inputs.items()})
+        return self.compare([model_io({k: _each(v, lambda t: t.to(device))
+                                       for k, v in inputs.items()})
                              for inputs, _ in self.cases])
 
     def check(self, model_io: Callable[[Tensors], Tensors], device: torch.device,

@@ -59,7 +59,7 @@ class _Positional(nn.Module):
             returned = self.model(**dict(zip(self.names, inputs)))
         else:
             returned = self.model(*inputs)
-        return tuple(self._io.name_outputs(returned).values())
+        return tuple(self._io.name_outputs(returned, samples=inputs[0].shape[0]).values())
 
 
 def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord,

@@ -7,6 +7,9 @@
       image: {mode: RGB, resize: 256, center_crop: 224, mean: [...], std: [...],
               formats: [jpeg, png, webp], max_pixels: 40000000, max_bytes: 20000000}
 
+or, for detection and segmentation, images that keep their own size (or are only resized, the
+shorter side): `shape: [3, null, null]` with `max: [HEIGHT, WIDTH]`, no center_crop.
+
 Decoding is Pillow's, with every limit checked before pixels are decoded: the encoded size
 (`max_bytes`), the format (`formats`: only those plugins run), and the width x height in the header
 (`max_pixels`, against decompression bombs, whatever Pillow's own check says). Preprocessing
@@ -69,9 +72,15 @@ def parse_image(value: Any, shape: list, where: str, problems: list[str]) -> Ima
     if channels is None:
         problems.append(f"`{where}.image.mode` {mode!r} is not RGB or L")
         channels = 3
-    if len(shape) != 3 or shape[0] != channels or None in shape:
+    own_size = len(shape) == 3 and shape[1] is None and shape[2] is None
+    if len(shape) != 3 or shape[0] != channels or (None in shape and not own_size):
         problems.append(f"`{where}.shape` {shape!r} must be [channels, height, width] with "
-                        f"{channels} channel(s) for mode {mode}, e.g. [{channels}, 224, 224]")
+                        f"{channels} channel(s) for mode {mode}, e.g. [{channels}, 224, 224], or "
+                        f"[{channels}, null, null] with max for images of their own size")
+    if own_size and "center_crop" in settings:
+        problems.append(f"`{where}`: an image of its own size ([{channels}, null, null]) cannot be "
+                        "center-cropped to a square; drop image.center_crop, or give the shape "
+                        "the crop's size")
     for key in ("resize", "center_crop", "max_pixels", "max_bytes"):
         if key in settings and not (isinstance(settings[key], int) and not isinstance(
                 settings[key], bool) and settings[key] > 0):
@@ -98,8 +107,8 @@ def parse_image(value: Any, shape: list, where: str, problems: list[str]) -> Ima
         problems.append(f"`{where}.image.scale` {scale!r} must be a number")
         settings.pop("scale")
     crop = settings.get("center_crop")
-    if len(shape) == 3 and None not in shape and (crop or settings.get("resize")) and \
-            crop is not None and (shape[1], shape[2]) != (crop, crop):
+    if len(shape) == 3 and None not in shape and crop is not None and \
+            (shape[1], shape[2]) != (crop, crop):
         problems.append(f"`{where}.shape` {shape!r} must end in the center_crop ({crop}, {crop})")
     return ImageSpec(**settings)
 
@@ -124,7 +133,7 @@ def preprocess(data: bytes, model_input: InputSpec, what: str) -> np.ndarray:
     if len(data) > settings.max_bytes:
         raise RequestError(f"{what} is {len(data):,} bytes, over the limit of "
                            f"{settings.max_bytes:,} (the spec's image.max_bytes)")
-    with _opened(data, settings, what) as image:
+    with _opened(data, model_input, what) as image:
         try:
             image.load()
             pixels = _cropped(_resized(image.convert(settings.mode), settings), settings,
@@ -137,8 +146,9 @@ def preprocess(data: bytes, model_input: InputSpec, what: str) -> np.ndarray:
 
 
 @contextmanager
-def _opened(data: bytes, settings: ImageSpec, what: str):
-    """The image with its header read and checked (format, width x height), pixels not decoded.
+def _opened(data: bytes, model_input: InputSpec, what: str):
+    """The image with its header read and checked (format, width x height, and an image of its
+    own size against the input's max), pixels not decoded.
 
     Only the plugins of the spec's formats are tried: every other decoder Pillow carries is code
     an attacker could choose to run. Pillow's own bomb check uses the spec's max_pixels (a
@@ -147,6 +157,7 @@ def _opened(data: bytes, settings: ImageSpec, what: str):
     """
     from PIL import Image, UnidentifiedImageError
 
+    settings = model_input.image
     Image.MAX_IMAGE_PIXELS = settings.max_pixels
     try:
         with warnings.catch_warnings():
@@ -167,7 +178,18 @@ def _opened(data: bytes, settings: ImageSpec, what: str):
             raise RequestError(f"{what} is {width}x{height} = {width * height:,} pixels, over "
                                f"the limit of {settings.max_pixels:,} (image.max_pixels); send a "
                                "smaller image")
+        if model_input.dynamic and settings.resize is None:
+            _check_own_size(width, height, model_input, what)
         yield image
+
+
+def _check_own_size(width: int, height: int, model_input: InputSpec, what: str) -> None:
+    """An image served at its own size must fit the input's `max` (height, width)."""
+    max_height, max_width = model_input.max
+    if height > max_height or width > max_width:
+        raise RequestError(f"{what} is {width}x{height} (width x height), over this model's max "
+                           f"of {max_width}x{max_height} (the spec's input max: [{max_height}, "
+                           f"{max_width}]); send an image at most that size")
 
 
 def _corrupt(what: str, err: Exception) -> RequestError:
@@ -189,6 +211,8 @@ def _resized(image, settings):
 
 def _cropped(image, settings, model_input: InputSpec, what: str):
     height, width = model_input.shape[1], model_input.shape[2]
+    if height is None:  # an image of its own size (or only resized), bounded by `max`
+        return image
     if settings.center_crop is None:
         if settings.resize is None and image.size != (width, height):
             raise RequestError(f"{what} is {image.size[0]}x{image.size[1]}; this model takes "
@@ -222,15 +246,19 @@ def _tensor(image, model_input: InputSpec) -> np.ndarray:
     return array
 
 
-def golden_picture(model_input: InputSpec, generator, index: int) -> np.ndarray:
+def golden_picture(model_input: InputSpec, generator, index: int,
+                   size: tuple[int, int] | None = None) -> np.ndarray:
     """A seeded picture (smooth gradients and noise, of a size the preprocessing must resize and
-    crop), PNG-encoded, then decoded and preprocessed as a worker does."""
+    crop, or `size` (height, width) for an image of its own size), PNG-encoded, then decoded and
+    preprocessed as a worker does."""
     import torch
     from PIL import Image
 
     settings = model_input.image
     channels, height, width = model_input.shape
-    if settings.resize is not None or settings.center_crop is not None:
+    if height is None:
+        height, width = size
+    elif settings.resize is not None or settings.center_crop is not None:
         height, width = (height * 5 // 4 + index, width * 3 // 2)  # landscape, larger than the crop
     noise = torch.rand((height, width, channels), generator=generator).numpy()
     ramp = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
@@ -246,6 +274,7 @@ class ImageKind(TensorKind):
     numbers."""
 
     takes_bytes_elements = True
+    noun = "image"
 
     @property
     def byte_limit(self) -> int:
@@ -271,5 +300,5 @@ class ImageKind(TensorKind):
     def golden(self, shape, batch, generator):
         import torch
 
-        return torch.from_numpy(np.stack([golden_picture(self.input, generator, i)
+        return torch.from_numpy(np.stack([golden_picture(self.input, generator, i, shape[1:])
                                           for i in range(batch)]))

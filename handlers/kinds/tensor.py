@@ -40,6 +40,7 @@ class TensorKind:
 
     takes_bytes_elements = False  # v2 BYTES tensors
     body_types: tuple[str, ...] = ()  # the content types of raw request bodies it takes
+    noun = "sample"  # what one sample of it is called in messages
 
     def __init__(self, spec: ModelSpec, model_input: InputSpec,
                  contract: Callable[[], str] = lambda: "") -> None:
@@ -56,6 +57,9 @@ class TensorKind:
 
     def samples(self, value: Any, what: str, *, batched: bool) -> Rows:
         """The value's samples, checked. Raises RequestError."""
+        if (isinstance(value, list) and not value) or (
+                isinstance(value, np.ndarray) and value.ndim and not value.shape[0]):
+            raise RequestError(f"{what} holds no {self.noun}s; send at least one {self.noun}")
         rows = self.rows(value, what, batched)
         for shape in [rows.shape[1:]] if isinstance(rows, np.ndarray) else [r.shape for r in rows]:
             self._check_shape(shape, what)

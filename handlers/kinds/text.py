@@ -62,6 +62,7 @@ def text_char_limit(tokenizer, max_tokens: int) -> int:
 
 class TextKind(TensorKind):
     takes_bytes_elements = True
+    noun = "text"
 
     def __init__(self, spec, model_input, files_dir: Path | None = None, contract=lambda: "") -> None:
         super().__init__(spec, model_input, contract)

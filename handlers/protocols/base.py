@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import numpy as np
 import orjson
 
 from handlers.errors import RequestError
@@ -114,4 +115,11 @@ def error_reply(status: int, message: str) -> Reply:
 
 def json_reply(body: dict) -> Reply:
     # Bytes go out as they are; TorchServe would re-encode a dict with json and indent=2.
-    return Reply(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY))
+    return Reply(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    """What orjson's numpy support leaves out: arrays of label names (dtype object)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON")

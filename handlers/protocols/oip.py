@@ -46,7 +46,13 @@ class _OIP(Protocol):
         if offset != len(binary):
             raise RequestError(f"the binary part holds {len(binary)} bytes after the JSON header "
                                f"but the inputs' binary_data_size add up to {offset}")
-        return Decoded(self.codec.parts(values, batched=True), self._encoder(payload))
+        parts = self.codec.parts(values, batched=True)
+        samples = sum(len(next(iter(part.values()))) for part in parts)
+        if self.spec.io.per_sample and samples > 1:
+            raise RequestError(f"the request holds {samples} samples; this model's outputs differ "
+                               "in size from sample to sample, and a v2 tensor has one shape, so "
+                               "send one sample per v2 request (they are batched together)")
+        return Decoded(parts, self._encoder(payload))
 
     def _tensor(self, tensor: dict, binary: bytes, offset: int) -> tuple[str, Any, int]:
         name = tensor.get("name")
@@ -116,7 +122,9 @@ class _OIP(Protocol):
         tensors = []
         for name in self.output_names:
             value = answer.outputs[name]
-            if isinstance(value, list):  # cannot happen for one rectangular v2 request
+            if isinstance(value, list) and self.spec.io.per_sample:
+                value = value[0]  # one sample per v2 request (checked at decoding), its own shape
+            elif isinstance(value, list):  # cannot happen for one rectangular v2 request
                 raise RequestError(f"output {name!r} has rows of different lengths")
             tensors.append((name, value))
         if answer.predictions:

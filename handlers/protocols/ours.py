@@ -37,7 +37,9 @@ class _Ours(Protocol):
 
     def reply(self, answer: Answer) -> Reply:
         outputs = self.encoded_outputs(answer)
-        if len(self.output_names) == 1 and not self.processor:
+        if self.spec.io.per_sample and not self.processor:  # one object per sample
+            outputs = [dict(zip(outputs, sample)) for sample in zip(*outputs.values())]
+        elif len(self.output_names) == 1 and not self.processor:
             outputs = outputs[self.output_names[0]]  # one output: its rows
         body: dict[str, Any] = {"outputs": outputs}
         if answer.predictions is not None:

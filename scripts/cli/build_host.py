@@ -56,11 +56,16 @@ def _print_build(result) -> None:
     if result.ignored_unexpected:
         print(f"  let through, unexpected (checkpoint.ignore_unexpected): "
               f"{', '.join(result.ignored_unexpected)}")
-    inputs, outputs = max(result.golden.cases, key=lambda case: sum(
-        t.numel() for t in case[0].values()))
-    describe = lambda tensors: ", ".join(f"{n} {list(t.shape)}" for n, t in tensors.items())
+    inputs, outputs = result.golden.largest_case
     print(f"  golden check recorded: {len(result.golden.cases)} case(s); the largest "
-          f"{describe(inputs)} -> {describe(outputs)}")
+          f"{_shapes(inputs)} -> {_shapes(outputs)}")
+
+
+def _shapes(tensors: dict) -> str:
+    """Each tensor's shape, or a per-sample list's count and shapes."""
+    return ", ".join(f"{name} {len(value)} samples {[list(t.shape) for t in value[:3]]}"
+                     + ("..." if len(value) > 3 else "") if isinstance(value, list)
+                     else f"{name} {list(value.shape)}" for name, value in tensors.items())
 
 
 def add_verify(commands) -> None:

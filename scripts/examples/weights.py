@@ -17,7 +17,7 @@ from model_defs import create_model
 from scripts.config import REPO_ROOT
 from scripts.examples.sharding import save_sharded
 
-EXAMPLES = ("sentiment", "speaker", "resnet18")
+EXAMPLES = ("sentiment", "speaker", "resnet18", "detector", "segmenter")
 SHARDED = {"bert_sentiment": 3}  # spec -> at most 1/3 of its weights per shard
 
 
