@@ -29,7 +29,8 @@ def golden_inputs(spec: ModelSpec) -> list[Tensors]:
     fractions = (0.0, 0.5, 1.0) if any(i.dynamic for i in spec.inputs) else (1.0,)
     cases: list[tuple[list, Tensors]] = []
     for fraction in fractions:
-        lengths = [[_length(bound, fraction) for bound in i.max] for i in spec.inputs]
+        lengths = [[_length(low, bound, fraction) for low, bound in zip(i.lower, i.max)]
+                   for i in spec.inputs]
         if not cases or lengths != cases[-1][0]:
             cases.append((lengths, {i.name: kinds[i.name].golden(i.filled(lens), batch, generator)
                                     for i, lens in zip(spec.inputs, lengths)}))
@@ -44,13 +45,14 @@ def _listed(spec: ModelSpec, kinds: dict, batch: int, generator: torch.Generator
     cases = []
     for fractions in ([(index + 1) / batch for index in range(batch)], [0.0]):
         cases.append({i.name: [kinds[i.name].golden(
-            i.filled([_length(b, fraction) for b in i.max]), 1, generator)[0].to(
+            i.filled([_length(low, b, fraction) for low, b in zip(i.lower, i.max)]), 1,
+            generator)[0].to(
             input_dtype(spec, i)) for fraction in fractions] for i in spec.inputs})
     return cases
 
 
-def _length(bound: int, fraction: float) -> int:
-    return max(1, round(bound * fraction))
+def _length(low: int, bound: int, fraction: float) -> int:
+    return max(low, round(bound * fraction))
 
 
 def _mixed_lengths(spec: ModelSpec, kinds: dict, batch: int, generator: torch.Generator) -> Tensors:
@@ -59,6 +61,7 @@ def _mixed_lengths(spec: ModelSpec, kinds: dict, batch: int, generator: torch.Ge
     for index in range(batch):
         fraction = (index + 1) / batch
         samples.append({i.name: kinds[i.name].golden(
-            i.filled([_length(b, fraction) for b in i.max]), 1, generator) for i in spec.inputs})
+            i.filled([_length(low, b, fraction) for low, b in zip(i.lower, i.max)]), 1, generator)
+            for i in spec.inputs})
     return {i.name: torch.from_numpy(pad_concat([s[i.name].numpy() for s in samples], i.max_shape,
                                                 kinds[i.name].pad_value)) for i in spec.inputs}

@@ -28,6 +28,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from handlers.io_outputs import (BATCHING, OutputSpec, outputs_to_data, parse_batching,
+                                 parse_label_output, parse_labels, parse_outputs, parse_top_k)
+
 if TYPE_CHECKING:
     from handlers.kinds.image import ImageSpec
     from handlers.kinds.text import TokenizerSpec
@@ -37,7 +40,6 @@ __all__ = ["DTYPES", "INPUT_TYPES", "BATCHING", "IO_KEYS", "InputSpec", "OutputS
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
 INPUT_TYPES = ("tensor", "image")  # handlers/kinds/: a tokenizer's input is text
-BATCHING = ("stack", "list")  # forward() takes (N, ...) tensors, or a list of N per-sample ones
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
@@ -47,6 +49,7 @@ class InputSpec:
     dtype: str = "float32"  # one of DTYPES
     name: str = "input"
     max: tuple[int, ...] = ()  # the upper bound of each dynamic dimension, in order
+    min: tuple[int, ...] = ()  # the lower bound of each (1 when not given)
     pad: float = 0  # the value batches of mixed lengths are padded with (with an attention mask)
     type: str = "tensor"  # one of INPUT_TYPES
     image: ImageSpec | None = None  # for type: image (handlers/kinds/image.py)
@@ -62,6 +65,11 @@ class InputSpec:
         return tuple(next(sizes) if size is None else size for size in self.shape)
 
     @property
+    def lower(self) -> tuple[int, ...]:
+        """The lower bound of each dynamic dimension."""
+        return self.min or (1,) * len(self.max)
+
+    @property
     def max_shape(self) -> tuple[int, ...]:
         """The largest sample: every dynamic dimension at its bound."""
         return self.filled(self.max)
@@ -70,12 +78,6 @@ class InputSpec:
         dims = ", ".join("N" if size is None else str(size) for size in self.shape)
         bounds = ", ".join(f"N<={m}" for m in self.max)
         return f"`{self.name}`: shape [{dims}]{f' ({bounds})' if bounds else ''}, {self.dtype}"
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    name: str
-    follows: str | None = None  # an input whose dynamic dimensions this output's follow
 
 
 @dataclass(frozen=True)
@@ -112,14 +114,14 @@ def parse_io(raw: dict, problems: list[str]) -> IOSpec:
         inputs = tuple(i for i in [_input(raw["input"], "input", problems)] if i)
     else:
         inputs = _inputs(raw["inputs"], problems)
-    per_sample, outputs = _outputs(raw.get("outputs"), inputs, problems)
+    per_sample, outputs = parse_outputs(raw.get("outputs"), inputs, problems)
     io = IOSpec(inputs=inputs, outputs=outputs,
                 attention_mask=_attention_mask(raw.get("attention_mask"), inputs, problems),
                 tokenizer=_tokenizer(raw.get("tokenizer"), inputs, problems),
-                labels=_labels(raw.get("labels"), problems),
-                top_k=_top_k(raw.get("top_k"), problems),
-                label_output=_label_output(raw.get("label_output"), outputs, problems),
-                batching=_batching(raw.get("batching", "stack"), problems),
+                labels=parse_labels(raw.get("labels"), problems),
+                top_k=parse_top_k(raw.get("top_k"), problems),
+                label_output=parse_label_output(raw.get("label_output"), outputs, problems),
+                batching=parse_batching(raw.get("batching", "stack"), problems),
                 per_sample=per_sample)
     if (io.top_k or io.label_output) and io.labels is None:
         problems.append("`top_k` and `label_output` need `labels`")
@@ -145,7 +147,7 @@ def _input(value: Any, where: str, problems: list[str], *, named: bool = False) 
     if not isinstance(value, dict):
         problems.append(f"`{where}` must be a mapping with `shape` and `dtype`, got {value!r}")
         return None
-    allowed = {"shape", "dtype", "max", "pad", "type", "image"} | ({"name"} if named else set())
+    allowed = {"shape", "dtype", "max", "min", "pad", "type", "image"} | ({"name"} if named else set())
     for key in sorted(set(value) - allowed, key=str):
         problems.append(f"unknown key `{where}.{key}`: remove it or fix its spelling (allowed: "
                         f"{', '.join(sorted(allowed))})")
@@ -174,6 +176,7 @@ def _input(value: Any, where: str, problems: list[str], *, named: bool = False) 
                         f"each of its {dynamic} dynamic dimensions, in order (e.g. max: [512])"
                         if dynamic else f"`{where}.max` is only for dynamic (null) dimensions")
         bounds = [1] * dynamic
+    lows = _lower_bounds(value.get("min"), bounds, where, problems)
     pad = value.get("pad", 0)
     if isinstance(pad, bool) or not isinstance(pad, (int, float)):
         problems.append(f"`{where}.pad` {pad!r} must be a number")
@@ -185,73 +188,25 @@ def _input(value: Any, where: str, problems: list[str], *, named: bool = False) 
     if kind != "image" and "image" in value:
         problems.append(f"`{where}.image` is for inputs of type: image")
     return InputSpec(shape=tuple(shape), dtype=str(dtype), name=str(name), max=tuple(bounds),
-                     pad=pad, type=str(kind), image=image)
+                     min=lows, pad=pad, type=str(kind), image=image)
 
+
+def _lower_bounds(value: Any, bounds: list[int], where: str, problems: list[str]) -> tuple:
+    if value is None:
+        return ()
+    value = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not (isinstance(value, list) and len(value) == len(bounds) and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= b
+            for v, b in zip(value, bounds))):
+        problems.append(f"`{where}.min` {value!r} must give, for each dynamic dimension, a "
+                        f"lower bound from 1 to its max ({bounds}), e.g. min: [32, 32]")
+        return ()
+    return tuple(value)
 
 def _image(value: Any, shape: list, where: str, problems: list[str]) -> ImageSpec:
     from handlers.kinds.image import parse_image
 
     return parse_image(value, shape, where, problems)
-
-
-def _outputs(value: Any, inputs: tuple[InputSpec, ...],
-             problems: list[str]) -> tuple[bool, tuple[OutputSpec, ...]]:
-    """(per sample, the outputs) from `outputs`: a list of names or {name, follows} in the order
-    forward() returns them, or {per_sample: true, names: [...]} for one mapping or tuple each."""
-    if value is None:
-        return False, (OutputSpec("output"),)
-    per_sample = False
-    if isinstance(value, dict):
-        for key in sorted(set(value) - {"per_sample", "names"}, key=str):
-            problems.append(f"unknown key `outputs.{key}` (allowed: per_sample, names)")
-        per_sample = value.get("per_sample", False)
-        if not isinstance(per_sample, bool):
-            problems.append(f"`outputs.per_sample` {per_sample!r} must be true or false")
-            per_sample = False
-        value = value.get("names")
-    if not (isinstance(value, list) and value and all(isinstance(o, (dict, str)) for o in value)):
-        problems.append(f"`outputs` must be a list of output names or {{name, follows}} mappings, "
-                        f"in the order forward() returns them (or {{per_sample: true, names: "
-                        f"[...]}} for one mapping per sample), got {value!r}")
-        return per_sample, (OutputSpec("output"),)
-    outputs = [_output(item, i, inputs, problems) for i, item in enumerate(value)]
-    outputs = [o for o in outputs if o is not None]
-    names = [o.name for o in outputs]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"output name {name!r} is used twice in `outputs`")
-    return per_sample, tuple(outputs) or (OutputSpec("output"),)
-
-
-def _output(item: Any, i: int, inputs: tuple[InputSpec, ...],
-            problems: list[str]) -> OutputSpec | None:
-    item = {"name": item} if isinstance(item, str) else item
-    for key in sorted(set(item) - {"name", "follows"}, key=str):
-        problems.append(f"unknown key `outputs[{i}].{key}` (allowed: name, follows)")
-    name, follows = item.get("name"), item.get("follows")
-    if not (isinstance(name, str) and _NAME.match(name)):
-        problems.append(f"`outputs[{i}].name` {name!r} must be a name such as logits")
-        return None
-    source = next((model_input for model_input in inputs if model_input.name == follows), None)
-    if follows is not None and source is None:
-        problems.append(f"`outputs[{i}].follows` {follows!r} is not an input; it names the input "
-                        f"whose dynamic dimensions the output follows "
-                        f"({', '.join(model_input.name for model_input in inputs)})")
-        follows = None
-    elif source is not None and source.image is not None and (source.image.resize or
-                                                             source.image.center_crop):
-        problems.append(f"`outputs[{i}]` follows image input {follows!r}, which is resized or "
-                        "cropped, so the output would not come back at the request's own size: "
-                        f"let the image keep its size (shape [{source.shape[0]}, null, null] with "
-                        "max, no image.resize or image.center_crop)")
-    return OutputSpec(name, follows)
-
-
-def _batching(value: Any, problems: list[str]) -> str:
-    if value not in BATCHING:
-        problems.append(f"`batching` {value!r} is not one of {', '.join(BATCHING)} (list: "
-                        "forward() takes a list of per-sample tensors, each of its own size)")
-        return "stack"
-    return value
 
 
 def _attention_mask(value: Any, inputs: tuple[InputSpec, ...], problems: list[str]) -> str | None:
@@ -277,30 +232,6 @@ def _tokenizer(value: Any, inputs: tuple[InputSpec, ...], problems: list[str]) -
     return parse_tokenizer(value, inputs, problems)
 
 
-def _labels(value: Any, problems: list[str]) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        problems.append(f"`labels` must be a non-empty list of class names, got {value!r}")
-        return None
-    return tuple(str(label) for label in value)
-
-
-def _top_k(value: Any, problems: list[str]) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        problems.append(f"`top_k` {value!r} must be a positive integer")
-        return None
-    return value
-
-
-def _label_output(value: Any, outputs: tuple[OutputSpec, ...], problems: list[str]) -> str | None:
-    if value is not None and value not in [o.name for o in outputs]:
-        problems.append(f"`label_output` {value!r} is not one of the outputs "
-                        f"({', '.join(o.name for o in outputs)})")
-        return None
-    return value
-
-
 def _image_settings(image: ImageSpec) -> dict[str, Any]:
     from handlers.kinds.image import image_to_dict
 
@@ -311,10 +242,11 @@ def io_to_dict(io: IOSpec) -> dict[str, Any]:
     """The contract as plain YAML-ready data (the archive's spec.yaml)."""
     data: dict[str, Any] = {
         "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype,
-                    **({"max": list(i.max)} if i.max else {}), **({"pad": i.pad} if i.pad else {}),
+                    **({"max": list(i.max)} if i.max else {}), **({"min": list(i.min)} if i.min else {}),
+                    **({"pad": i.pad} if i.pad else {}),
                     **({"type": i.type} if i.type != "tensor" else {}),
                     **({"image": _image_settings(i.image)} if i.image else {})} for i in io.inputs],
-        "outputs": _outputs_to_data(io)}
+        "outputs": outputs_to_data(io)}
     if io.attention_mask:
         data["attention_mask"] = io.attention_mask
     if io.tokenizer:
@@ -329,8 +261,4 @@ def io_to_dict(io: IOSpec) -> dict[str, Any]:
         data["batching"] = io.batching
     return data
 
-
-def _outputs_to_data(io: IOSpec) -> list | dict:
-    names = [{"name": o.name, **({"follows": o.follows} if o.follows else {})} for o in io.outputs]
-    return {"per_sample": True, "names": names} if io.per_sample else names
 

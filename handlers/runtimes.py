@@ -7,7 +7,9 @@ build and the worker. Adding a runtime, or a precision for one, touches its entr
     aoti         model.pt2    torch._inductor.aoti_load_package; compiled for one device type
 
 Every artifact takes the inputs by position in the spec's order and returns the outputs as a tuple
-in the spec's order: `mar build` exports a wrapper that makes it so (scripts/export.py).
+in the spec's order: `mar build` exports a wrapper that makes it so (scripts/export.py). A
+per-sample model's artifact (batching: list, or outputs per sample) takes one sample, without a
+batch dimension, and is called once for each sample of a batch.
 
 The table is read by the spec's validation, which must not need torch: torch is imported by the
 loaders only.
@@ -106,19 +108,37 @@ def runtime_named(name: str) -> Runtime:
     return RUNTIMES[name]
 
 
+def per_sample_artifact(spec: ModelSpec) -> bool:
+    """Whether a model's artifact takes one sample at a time (its outputs differ per sample)."""
+    return spec.io.batching == "list" or spec.io.per_sample
+
+
 class ExportedModel:
-    """An artifact called with {input name: tensor}, answering {output name: tensor}."""
+    """An artifact called with {input name: tensor (or per-sample list)}, answering {output name:
+    tensor (or per-sample list)}, as ModelIO answers for the eager model."""
 
     def __init__(self, spec: ModelSpec, runtime: Runtime, call, device: torch.device) -> None:
         self.spec, self.runtime, self._call, self.device = spec, runtime, call, device
         self.input_names = [i.name for i in spec.inputs]
         self.output_names = [o.name for o in spec.outputs]
+        self.per_sample = per_sample_artifact(spec)
 
-    def __call__(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+    def __call__(self, inputs: dict[str, Tensor | list[Tensor]]) -> dict[str, Tensor | list]:
         import torch
 
         with torch.inference_mode():
-            returned = self._call([inputs[name] for name in self.input_names])
+            if not self.per_sample:
+                return self._named(self._call([inputs[name] for name in self.input_names]))
+            samples = len(inputs[self.input_names[0]])
+            answers = [self._named(self._call([inputs[name][i] for name in self.input_names]))
+                       for i in range(samples)]
+        if self.spec.io.per_sample:
+            return {name: [a[name] for a in answers] for name in self.output_names}
+        return {name: torch.cat([a[name] for a in answers]) for name in self.output_names}
+
+    def _named(self, returned) -> dict[str, Tensor]:
+        import torch
+
         values = [returned] if isinstance(returned, torch.Tensor) else list(returned)
         return dict(zip(self.output_names, values))
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from handlers.errors import ExportError, MarError
 from handlers.model_io import ModelIO
 from handlers.records import GoldenRecord
-from handlers.runtimes import Runtime, load_exported, runtime_named
+from handlers.runtimes import Runtime, load_exported, per_sample_artifact, runtime_named
 from handlers.spec import ModelSpec, spec_to_dict
 
 __all__ = ["ExportedArtifact", "export_artifact", "exporter_of", "export_torchscript", "export_onnx",
@@ -46,20 +46,27 @@ class ExportedArtifact:
 
 class _Positional(nn.Module):
     """The model with the artifacts' calling convention: inputs by position in the spec's order,
-    outputs as a tuple in the spec's order."""
+    outputs as a tuple in the spec's order. A per-sample model's artifact takes one sample
+    (without a batch dimension) and returns that sample's outputs."""
 
     def __init__(self, spec: ModelSpec, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self._io = ModelIO(spec, model)
         self.names = self._io.input_names
+        self.one_sample, self.listed = per_sample_artifact(spec), spec.io.batching == "list"
+        self.outputs_per_sample = spec.io.per_sample
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        samples = 1 if self.one_sample else inputs[0].shape[0]
+        if self.one_sample:
+            inputs = tuple([x] if self.listed else x[None] for x in inputs)
         if self._io.by_keyword:
             returned = self.model(**dict(zip(self.names, inputs)))
         else:
             returned = self.model(*inputs)
-        return tuple(self._io.name_outputs(returned, samples=inputs[0].shape[0]).values())
+        named = self._io.name_outputs(returned, samples=samples)
+        return tuple(v[0] if self.outputs_per_sample else v for v in named.values())
 
 
 def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord,
@@ -70,7 +77,8 @@ def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord,
     device = _build_device(spec, runtime)
     started = time.perf_counter()
     wrapper = _Positional(spec, model).eval().to(device)
-    example = [t.to(device) for t in golden.largest_inputs.values()]
+    example = [(v[0] if per_sample_artifact(spec) else v).to(device)  # one sample, or the batch
+               for v in golden.largest_inputs.values()]
     program = _captured(spec, wrapper, example)
     path = folder / runtime.artifact
     try:
@@ -108,17 +116,21 @@ def _build_device(spec: ModelSpec, runtime: Runtime) -> torch.device:
 
 def _dynamic_shapes(spec: ModelSpec, example: list[Tensor]) -> tuple:
     """A Dim per dynamic dimension, shared by inputs whose k-th dynamic dimension has the same
-    bound (input_ids and its attention_mask grow together); the batch dimension is one Dim."""
+    bound (input_ids and its attention_mask grow together); the batch dimension is one Dim (a
+    per-sample artifact has none)."""
+    one_sample = per_sample_artifact(spec)
     batch = torch.export.Dim("batch", min=1, max=spec.serving.batch_size) \
-        if spec.serving.batch_size > 1 else None
+        if spec.serving.batch_size > 1 and not one_sample else None
     dims: dict[tuple[int, int], object] = {}
     shapes = []
     for model_input in spec.inputs:
         entry = {0: batch} if batch is not None else {}
-        for k, (axis, bound) in enumerate(zip(model_input.dynamic, model_input.max)):
-            if bound > 1:
-                dims.setdefault((k, bound), torch.export.Dim(f"d{k}_{bound}", min=1, max=bound))
-                entry[axis + 1] = dims[(k, bound)]
+        for k, (axis, low, bound) in enumerate(zip(model_input.dynamic, model_input.lower,
+                                                   model_input.max)):
+            if bound > low:
+                key = (k, low, bound)
+                dims.setdefault(key, torch.export.Dim(f"d{k}_{low}_{bound}", min=low, max=bound))
+                entry[axis + (0 if one_sample else 1)] = dims[key]
         shapes.append(entry or None)
     return tuple(shapes)
 
@@ -158,8 +170,8 @@ def _check_against_eager(spec: ModelSpec, runtime: Runtime, path: Path, device: 
                          golden: GoldenRecord, eager: ModelIO) -> float:
     """The artifact, loaded as a worker loads it, against eager: every golden case, and each
     case's first sample alone."""
-    single = GoldenRecord([({k: v[:1].clone() for k, v in inputs.items()},
-                            eager({k: v[:1].clone() for k, v in inputs.items()}))
+    single = GoldenRecord([({k: _first(v) for k, v in inputs.items()},
+                            eager({k: _first(v) for k, v in inputs.items()}))
                            for inputs, _ in golden.cases], golden.rtol, golden.atol)
     records = (golden, single)
     outputs = _artifact_outputs(spec, runtime, path, device, [r.cases for r in records])
@@ -171,7 +183,9 @@ def _check_against_eager(spec: ModelSpec, runtime: Runtime, path: Path, device: 
             errors.update({k: max(v, errors.get(k, 0.0)) for k, v in result.errors.items()})
     if errors:
         rtol, atol = golden.rtol, golden.atol
-        per_output = ", ".join(f"{name} {error:.3g}" for name, error in errors.items())
+        per_output = ", ".join(f"{name} {error:.3g}" if error != float("inf") else
+                               f"{name}: another shape (the artifact fixed a dimension the spec "
+                               "lets vary)" for name, error in errors.items())
         raise ExportError(f"{spec.source}: the {spec.serving.runtime} artifact differs from eager "
                        f"beyond the {spec.serving.precision} tolerance (rtol {rtol:g}, atol "
                        f"{atol:g}): max abs error per output: {per_output}. Nothing was written. "
@@ -184,7 +198,8 @@ def _artifact_outputs(spec: ModelSpec, runtime: Runtime, path: Path, device: tor
     """The artifact's outputs for each list of golden cases. AOTInductor's native code runs in a
     child process, so an artifact that crashes (it does: a channels-last CNN here) fails the
     build with the reason instead of taking `mar build` down."""
-    inputs = [[{k: v.to(device) for k, v in case.items()} for case, _ in cases] for cases in case_lists]
+    inputs = [[{k: _moved(v, device) for k, v in case.items()} for case, _ in cases]
+              for cases in case_lists]
     if not runtime.checked_in_child:
         exported = load_exported(spec, path, device, target_device=device.type)
         try:
@@ -216,9 +231,19 @@ path, exchange = Path(sys.argv[1]), sys.argv[2]
 data = torch.load(exchange, weights_only=True)
 device = torch.device(data["device"])
 exported = load_exported(parse_spec(data["spec"]), path, device, target_device=device.type)
-torch.save([[{k: v.cpu() for k, v in exported(case).items()} for case in cases]
+cpu = lambda v: [t.cpu() for t in v] if isinstance(v, list) else v.cpu()
+torch.save([[{k: cpu(v) for k, v in exported(case).items()} for case in cases]
             for cases in data["inputs"]], exchange)
 """
+
+
+def _first(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+    """A case's first sample alone: a batch of one, or a list of one."""
+    return [value[0].clone()] if isinstance(value, list) else value[:1].clone()
+
+
+def _moved(value: Tensor | list[Tensor], device: torch.device) -> Tensor | list[Tensor]:
+    return [t.to(device) for t in value] if isinstance(value, list) else value.to(device)
 
 
 def _refusal(spec: ModelSpec, what: str, err: Exception) -> MarError:

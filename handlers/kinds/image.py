@@ -184,12 +184,16 @@ def _opened(data: bytes, model_input: InputSpec, what: str):
 
 
 def _check_own_size(width: int, height: int, model_input: InputSpec, what: str) -> None:
-    """An image served at its own size must fit the input's `max` (height, width)."""
-    max_height, max_width = model_input.max
+    """An image served at its own size must fit the input's `max` and `min` (height, width)."""
+    (max_height, max_width), (min_height, min_width) = model_input.max, model_input.lower
     if height > max_height or width > max_width:
         raise RequestError(f"{what} is {width}x{height} (width x height), over this model's max "
                            f"of {max_width}x{max_height} (the spec's input max: [{max_height}, "
                            f"{max_width}]); send an image at most that size")
+    if height < min_height or width < min_width:
+        raise RequestError(f"{what} is {width}x{height} (width x height), under this model's min "
+                           f"of {min_width}x{min_height} (the spec's input min: [{min_height}, "
+                           f"{min_width}]); send an image at least that size")
 
 
 def _corrupt(what: str, err: Exception) -> RequestError:

@@ -149,15 +149,18 @@ class TensorKind:
         return array
 
     def _check_shape(self, shape: tuple[int, ...], what: str) -> None:
-        bounds = iter(self.input.max)
+        bounds = iter(zip(self.input.lower, self.input.max))
         for axis, (size, declared) in enumerate(zip(shape, self.input.shape)):
             if declared is None:
-                bound = next(bounds)
+                low, bound = next(bounds)
                 if size > bound:
                     raise RequestError(f"{what} has length {size} in dimension {axis}, over its "
                                        f"max of {bound} (the spec's `max`); send at most {bound}")
                 if size == 0:
                     raise RequestError(f"{what} is empty in dimension {axis}; send at least one")
+                if size < low:
+                    raise RequestError(f"{what} has length {size} in dimension {axis}, under its "
+                                       f"min of {low} (the spec's `min`); send at least {low}")
             elif size != declared:
                 raise RequestError(f"{what} has shape {list(shape)}; {self.contract()}")
 

@@ -241,3 +241,96 @@ def test_a_batch_model_marked_per_sample_is_told_to_drop_it(tmp_path):
         build_archive(write_spec(tmp_path, data), export_path=tmp_path / "store")
     fixed = write_spec(tmp_path, {**data, "outputs": ["out"]})
     assert build_archive(fixed, export_path=tmp_path / "store").archive.is_file()
+
+
+def _export(tmp_path, spec_data, runtime):
+    spec = write_spec(tmp_path, {**spec_data, "serving": {**spec_data.get("serving", {}),
+                                                          "runtime": runtime}}, f"{runtime}.yaml")
+    return build_archive(spec, export_path=tmp_path / "store", archive_format="folder")
+
+
+def test_a_detector_is_refused_for_export_with_torch_exports_reason(tmp_path):
+    from handlers.errors import ExportError
+
+    model = counting_detector()
+    data = yaml_data(detector_spec(tmp_path, model))
+    with pytest.raises(ExportError, match="torch.export cannot capture the model for every input "
+                                          "the spec allows .*data-dependent expression"):
+        _export(tmp_path, data, "onnx")
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_segmenter_exports_where_it_can_be_proven_equal(tmp_path):
+    from handlers.errors import ExportError
+
+    torch.manual_seed(0)
+    model = create_model("fcn_segmenter", num_classes=3, channels=8).eval()
+    save_weights(model, tmp_path / "seg.pt")
+    data = {"name": "seg", "version": "1", "arch": "fcn_segmenter", "weights": "seg.pt",
+            "params": {"num_classes": 3, "channels": 8},
+            "input": {"type": "image", "shape": [3, None, None], "max": [64, 64], "min": [8, 8]},
+            "outputs": [{"name": "out", "follows": "input"}], "serving": {"batch_size": 2}}
+    built = _export(tmp_path, data, "onnx")  # proven equal on every golden case and at batch 1
+    assert built.exported.max_error < 1e-4
+    served = InProcessHandler(built.archive)
+    pixels = torch.rand(3, 20, 36)
+    body, status, _ = served.one({"inputs": pixels.tolist()})
+    with torch.inference_mode():
+        expected = model(pixels[None])["out"][0]
+    assert status == 200 and torch.allclose(torch.tensor(body["outputs"][0]), expected, atol=1e-4)
+    with pytest.raises(ExportError, match="out: another shape .the artifact fixed a dimension"):
+        _export(tmp_path, data, "torchscript")  # its trace fixes the upsampling size
+    small, status, _ = served.one({"inputs": torch.rand(3, 4, 36).tolist()})
+    assert status == 400 and "under its min of 8 (the spec's `min`)" in small["message"]
+
+
+def yaml_data(spec_path) -> dict:
+    import yaml
+
+    return yaml.safe_load(spec_path.read_text())
+
+
+def test_a_per_sample_model_exports_an_artifact_called_per_sample(tmp_path):
+    from torch import nn
+
+    from handlers.runtimes import load_exported
+    from handlers.spec import load_spec
+    from model_defs.registry import _REGISTRY, register_model
+    from scripts.build import validate
+    from scripts.export import export_artifact
+
+    @register_model("test_only_per_image")
+    class PerImage(nn.Module):  # a list in, per image a colour and a mask of its own size
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 1, 3, padding=1)
+
+        def forward(self, images):
+            return [{"colour": image.mean(dim=(1, 2)), "mask": self.conv(image[None])[0]}
+                    for image in images]
+
+    try:
+        torch.manual_seed(0)
+        model = PerImage().eval()
+        save_weights(model, tmp_path / "p.pt")
+        data = {"name": "per_image", "version": "1", "arch": "test_only_per_image",
+                "weights": "p.pt", "batching": "list",
+                "input": {"type": "image", "shape": [3, None, None], "max": [48, 48], "min": [4, 4]},
+                "outputs": {"per_sample": True, "names": ["colour", "mask"]},
+                "serving": {"batch_size": 3}}
+        spec = load_spec(write_spec(tmp_path, {**data, "serving": {"batch_size": 3,
+                                                                      "runtime": "onnx"}}))
+        loaded, golden = validate(spec, tmp_path / "p.pt")  # the build's own two steps
+        artifact = export_artifact(spec, loaded.model, golden, tmp_path)  # proven on every case
+        assert artifact.max_error < 1e-4
+        exported = load_exported(spec, artifact.path, torch.device("cpu"), target_device="cpu")
+        images = [torch.rand(3, 10, 30), torch.rand(3, 47, 5)]  # a batch: called per sample
+        answers = exported({"input": images})
+        with torch.inference_mode():
+            expected = model(images)
+        for i, want in enumerate(expected):
+            assert answers["mask"][i].shape == want["mask"].shape
+            assert torch.allclose(answers["mask"][i], want["mask"], atol=1e-5)
+            assert torch.allclose(answers["colour"][i], want["colour"], atol=1e-5)
+    finally:
+        del _REGISTRY["test_only_per_image"]
