@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from handlers.io_spec import IOSpec, InputSpec
 
-__all__ = ["OutputSpec", "BATCHING", "parse_outputs", "parse_batching", "parse_labels",
+__all__ = ["OutputSpec", "BATCHING", "NAME", "parse_outputs", "parse_batching", "parse_labels",
            "parse_top_k", "parse_label_output", "outputs_to_data"]
 
 BATCHING = ("stack", "list")  # forward() takes (N, ...) tensors, or a list of N per-sample ones
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")  # an input or output name
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def _output(item: Any, i: int, inputs: tuple[InputSpec, ...],
     for key in sorted(set(item) - {"name", "follows"}, key=str):
         problems.append(f"unknown key `outputs[{i}].{key}` (allowed: name, follows)")
     name, follows = item.get("name"), item.get("follows")
-    if not (isinstance(name, str) and _NAME.match(name)):
+    if not (isinstance(name, str) and NAME.match(name)):
         problems.append(f"`outputs[{i}].name` {name!r} must be a name such as logits")
         return None
     source = next((model_input for model_input in inputs if model_input.name == follows), None)

@@ -24,11 +24,10 @@ outputs of a size its content decides (torchvision's List[Tensor] -> List[Dict[s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from handlers.io_outputs import (BATCHING, OutputSpec, outputs_to_data, parse_batching,
+from handlers.io_outputs import (BATCHING, NAME, OutputSpec, outputs_to_data, parse_batching,
                                  parse_label_output, parse_labels, parse_outputs, parse_top_k)
 
 if TYPE_CHECKING:
@@ -40,7 +39,6 @@ __all__ = ["DTYPES", "INPUT_TYPES", "BATCHING", "IO_KEYS", "InputSpec", "OutputS
 
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool")
 INPUT_TYPES = ("tensor", "image")  # handlers/kinds/: a tokenizer's input is text
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -154,7 +152,7 @@ def _input(value: Any, where: str, problems: list[str], *, named: bool = False) 
     name = value.get("name", "input")
     if named and "name" not in value:
         problems.append(f"`{where}` needs a `name` (the forward() argument it feeds)")
-    elif not (isinstance(name, str) and _NAME.match(name)):
+    elif not (isinstance(name, str) and NAME.match(name)):
         problems.append(f"`{where}.name` {name!r} must start with a letter or '_' and hold only "
                         "letters, digits, '_', '-' and '.'")
     shape = value.get("shape")

@@ -147,3 +147,35 @@ def digits_model() -> torch.nn.Module:
 
     torch.manual_seed(0)
     return create_model("digits_cnn", **digits_spec_data()["params"]).eval()
+
+
+def counting_detector(gain: float = 1.0) -> torch.nn.Module:
+    """A detector whose boxes follow brightness: a black image has none, a bright one a box per
+    8x8 cell (anchors that never overlap, so NMS keeps them all), capped at 100."""
+    from model_defs import create_model
+
+    model = create_model("anchor_detector", num_classes=2, channels=4, anchor_sizes=[8.0],
+                         detections=100).eval()
+    with torch.no_grad():
+        for layer in model.backbone:
+            if isinstance(layer, torch.nn.Conv2d):
+                layer.weight.fill_(0.05)
+                layer.bias.zero_()
+        model.cls_logits.weight.zero_()
+        model.cls_logits.weight[1].fill_(gain)  # class 1 ("thing") rises with the features
+        model.cls_logits.bias.fill_(-4.0)
+        model.bbox_pred.weight.zero_()
+        model.bbox_pred.bias.zero_()
+    return model
+
+
+def png(height: int, width: int, level: int | None = None, seed: int = 0) -> bytes:
+    """An RGB PNG: every pixel `level`, or seeded noise."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.full((height, width, 3), level, np.uint8) if level is not None else \
+        np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(out, format="PNG")
+    return out.getvalue()

@@ -7,6 +7,7 @@
     images      images.py       JPEG bodies into ResNet-18
     hostile     hostile.py      valid requests' latency beside 10% hostile ones; a 5 MB text's cost
     repository  repository.py   signed publish and verified pull on loopback S3 vs boto3 + sha256sum
+    detection   detection.py    a detector on JPEGs of mixed sizes at batch 1 and at its batch size
 
 `mar bench --runtimes` (runtimes.py) compares eager with the exported runtimes instead, and
 gpu_check.py makes the GPU table. The load generators are in drivers.py, the stock and no-op
@@ -23,8 +24,8 @@ from pathlib import Path
 from types import ModuleType
 
 from handlers.errors import UsageError
-from scripts.bench import (builds, cold_start, hostile, images, protocols, repository,
-                           throughput)
+from scripts.bench import (builds, cold_start, detection, hostile, images, protocols,
+                           repository, throughput)
 from scripts.bench.archives import make_bench_model
 from scripts.bench.drivers import ab_run, wrk_run
 from scripts.bench.harness import BenchRun
@@ -52,6 +53,7 @@ _PARTS = {
     "images": _Part(images, "images"),
     "hostile": _Part(hostile, "hostile"),
     "repository": _Part(repository, "repository", needs_server=False, needs_load=False),
+    "detection": _Part(detection, "detection"),
 }
 PARTS = tuple(_PARTS)
 

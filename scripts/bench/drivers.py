@@ -18,9 +18,17 @@ __all__ = ['wrk_run', 'ab_run', 'median_run']
 
 _WRK_SCRIPT = """
 wrk.method = "POST"
-local file = io.open(os.getenv("MAR_BENCH_BODY"), "rb")
-wrk.body = file:read("*all")
-file:close()
+bodies = {}
+for path in string.gmatch(os.getenv("MAR_BENCH_BODIES"), "[^\\n]+") do
+  local file = io.open(path, "rb")
+  bodies[#bodies + 1] = file:read("*all")
+  file:close()
+end
+sent = 0
+request = function()  -- the bodies in turn
+  sent = sent + 1
+  return wrk.format(nil, nil, nil, bodies[(sent % #bodies) + 1])
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("MAR_WRK %d %d %d %.1f %.1f\\n", summary.requests, summary.duration,
@@ -29,9 +37,13 @@ end
 """
 
 
-def wrk_run(config: ServerConfig, path: str, *, body: Path, level: int, seconds: float,
-            content_type: str = "application/json", headers: dict[str, str] | None = None) -> dict:
-    """wrk (keep-alive, one thread per core) POSTing one body file; the same figures as ab_run."""
+def wrk_run(config: ServerConfig, path: str, *, body: Path | list[Path], level: int,
+            seconds: float, content_type: str = "application/json",
+            headers: dict[str, str] | None = None) -> dict:
+    """wrk (keep-alive, one thread per core) POSTing a body file (or several in turn: images of
+    different sizes); the same figures as ab_run."""
+    bodies = body if isinstance(body, list) else [body]
+    body = bodies[0]
     script = body.with_suffix(".lua")
     script.write_text(_WRK_SCRIPT)
     extra = {"Content-Type": content_type, "Authorization": f"Bearer {config.key('inference')}",
@@ -41,7 +53,8 @@ def wrk_run(config: ServerConfig, path: str, *, body: Path, level: int, seconds:
                *[arg for key, value in extra.items() for arg in ("-H", f"{key}: {value}")],
                config.inference_url + path]
     output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120,
-                            env={**os.environ, "MAR_BENCH_BODY": str(body)}).stdout
+                            env={**os.environ, "MAR_BENCH_BODIES": "\n".join(map(str, bodies))}
+                            ).stdout
     _drain(config, path, body.read_bytes(), extra)
     found = re.search(r"MAR_WRK (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+)", output)
     if found is None:

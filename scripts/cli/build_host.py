@@ -162,7 +162,7 @@ def add_bench(commands) -> None:
     sub.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     sub.add_argument("--parts", nargs="+", metavar="PART",
                      help="the parts to run (default: all): build, cold-start, throughput, "
-                     "protocols, images, hostile, repository")
+                     "protocols, images, hostile, repository, detection")
     sub.add_argument("--out", type=Path, default=Path("bench_results/bench.json"))
     sub.add_argument("--runtimes", nargs="*", metavar="RUNTIME", choices=RUNTIMES,
                      help="instead: compare serving runtimes (all when none are named) on "
