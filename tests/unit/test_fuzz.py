@@ -3,7 +3,8 @@ a 4xx, no exception escapes the handler, and the valid request batched with it g
 gets alone.
 
 One property per input kind (a fixed tensor, a dynamic tensor, text through a tokenizer with an
-attention mask, an image with resize and crop), over every protocol: ours as JSON, b64 and
+attention mask, an image with resize and crop, images of their own size into a detector that
+answers per image), over every protocol: ours as JSON, b64 and
 multipart, KServe v1, the Open Inference Protocol as JSON and binary. Inputs: random bytes, valid
 requests of every protocol mutated, wrong content types, huge declared sizes and shapes, deep
 JSON, NaN and infinity, wrong dtypes, truncated binary parts, images in every format Pillow writes.
@@ -28,7 +29,8 @@ from PIL import Image
 
 from scripts.build import build_archive
 from scripts.bench.hostile import png_declaring
-from tests.helpers import InProcessHandler, digits_png_spec, example_spec
+from tests.helpers import (InProcessHandler, counting_detector, digits_png_spec, example_spec,
+                           save_weights, write_spec)
 
 EXAMPLES = int(os.environ.get("MAR_FUZZ_EXAMPLES", "120"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -100,6 +102,7 @@ def kinds(tmp_path_factory) -> dict[str, Kind]:
             ({"input_ids": text.encode()}, {"input_ids": {"content-type": "text/plain"}})],
             ["input_ids", "attention_mask"]),
         "image": _image_kind(root / "image"),
+        "detection": _detection_kind(root / "detection"),
     }
 
 
@@ -113,6 +116,27 @@ def _image_kind(folder) -> Kind:
              ({"input": png}, {"input": {"content-type": "image/png"}}),
              _json({"inputs": {"b64": b64}}),
              _json({"instances": [{"b64": b64}]}),
+             _json({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": [b64]}]})]
+    return Kind(InProcessHandler(archive), valid, ["input"])
+
+
+def _detection_kind(folder) -> Kind:
+    """Images of their own size (up to 64x64) into a list-batched detector answering per image."""
+    folder.mkdir()
+    save_weights(counting_detector(), folder / "detector.pt")
+    spec = write_spec(folder, {
+        "name": "detector", "version": "1.0", "arch": "anchor_detector",
+        "params": {"num_classes": 2, "channels": 4, "anchor_sizes": [8.0]},
+        "weights": "detector.pt", "batching": "list", "labels": ["background", "thing"],
+        "input": {"type": "image", "shape": [3, None, None], "max": [64, 64]},
+        "outputs": {"per_sample": True, "names": ["boxes", "scores", "labels"]}})
+    archive = build_archive(spec, export_path=folder / "store", archive_format="folder").archive
+    png = _encoded(np.random.default_rng(2).integers(0, 255, (30, 20, 3), dtype=np.uint8), "PNG")
+    b64 = base64.b64encode(png).decode()
+    valid = [({"body": png}, {"body": {"content-type": "image/png"}}),
+             ({"input": png}, {"input": {"content-type": "image/png"}}),
+             _json({"inputs": {"b64": b64}}),
+             _json({"instances": [{"b64": b64}, {"b64": b64}]}),
              _json({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1], "data": [b64]}]})]
     return Kind(InProcessHandler(archive), valid, ["input"])
 
@@ -290,12 +314,12 @@ def _same(got, want) -> bool:
     return got == want
 
 
-@pytest.mark.parametrize("name", ["tensor", "dynamic", "text", "image"])
+@pytest.mark.parametrize("name", ["tensor", "dynamic", "text", "image", "detection"])
 def test_no_request_escapes_or_costs_its_neighbour(kinds, name):
     kind = kinds[name]
 
     @FUZZ
-    @given(hostile(kind, image=name == "image"))
+    @given(hostile(kind, image=name in ("image", "detection")))
     def check(request):
         assert_isolated(kind, request)
 
