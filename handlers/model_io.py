@@ -46,8 +46,11 @@ class ModelIO:
         SpecError describing what forward() returned, and the spec line that fits it."""
         if self.spec.io.per_sample:
             return self._per_sample(returned, samples)
-        if isinstance(returned, (list, tuple)) and len(returned) == samples and returned and all(
-                isinstance(item, (Mapping, list, tuple)) for item in returned):
+        # the types first: under torch.export `samples` is symbolic, and comparing a tuple's
+        # length with it would fix the batch size
+        if isinstance(returned, (list, tuple)) and returned and all(
+                isinstance(item, (Mapping, list, tuple)) for item in returned) and \
+                len(returned) == samples:
             raise self._refusal(
                 f"forward() returned a {type(returned).__name__} of {samples} "
                 f"{type(returned[0]).__name__}s, one per sample of the batch; one sample returned "
