@@ -22,9 +22,10 @@ from torch import Tensor, nn
 
 from handlers.checkpoint import read_checkpoint
 from handlers.device import model_dtype
-from handlers.errors import ArchitectureError, MarError, WeightsError
+from handlers.errors import ArchitectureError, MarError, SpecError, WeightsError
 from handlers.hashing import blake3_file
 from handlers.matching import LoadPlan, align_prefix, match_state_dict, tie_groups
+from handlers.precision import dynamic_int8
 from handlers.spec import ModelSpec
 from model_defs import create_model
 
@@ -66,7 +67,14 @@ def build_model(spec: ModelSpec, weights_path: Path, *, device: torch.device,
                 "build record (BLAKE3): the archive was altered after `mar build`. Rebuild it "
                 "from the spec and the original weights.")
     _load(model, checkpoint.state_dict, plan, assign=not partial)
-    return LoadedModel(model.eval().to(device=device, dtype=model_dtype(spec)), checkpoint.notes, plan)
+    model = model.eval().to(device=device, dtype=model_dtype(spec))
+    if spec.serving.precision == "int8" and spec.serving.precision_settings.mode == "dynamic":
+        if device.type != "cpu":
+            raise SpecError(f"{spec.source}: dynamic int8 runs on CPUs only (torch's quantized "
+                            f"Linear and LSTM kernels), and this worker serves on {device}. Serve "
+                            "fp16 or bf16 on a GPU, or set serving.device: cpu.")
+        model = dynamic_int8(model)
+    return LoadedModel(model, checkpoint.notes, plan)
 
 
 def _blake3_files(folder: Path, names: list[str]) -> dict[str, str]:

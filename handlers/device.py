@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from handlers.precision import precision_named
 from handlers.spec import InputSpec, ModelSpec
 
 __all__ = ["select_device", "model_dtype", "input_dtype", "apply_process_settings", "prepare_model"]
 
-_PRECISION_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def select_device(requested: str, gpu_id: int | str | None, *,
@@ -34,8 +34,9 @@ def select_device(requested: str, gpu_id: int | str | None, *,
 
 
 def model_dtype(spec: ModelSpec) -> torch.dtype:
-    """The floating-point dtype the model runs in, from `serving.precision`."""
-    return _PRECISION_DTYPES[spec.serving.precision]
+    """The floating-point dtype the model runs in, from `serving.precision` (int8 runs its
+    quantized layers between float32 ones)."""
+    return getattr(torch, precision_named(spec.serving.precision).dtype)
 
 
 def input_dtype(spec: ModelSpec, model_input: InputSpec | None = None) -> torch.dtype:

@@ -13,8 +13,8 @@ from typing import Any
 from model_defs.errors import ArchitectureError, MarError
 
 __all__ = ["MarError", "SpecError", "ArchitectureError", "WeightsError", "IntegrityError",
-           "RequestError", "ExportError", "ServerError", "TorchServeError", "RepositoryError",
-           "KServeError", "BenchError", "UsageError"]
+           "RequestError", "ExportError", "PrecisionError", "ServerError", "TorchServeError",
+           "RepositoryError", "KServeError", "BenchError", "UsageError"]
 
 
 class SpecError(MarError):
@@ -37,6 +37,11 @@ class RequestError(MarError):
 class ExportError(MarError):
     """The spec's `serving.runtime` cannot be built from this model here: the exporter, the
     check against eager or the build host refused; nothing was written."""
+
+
+class PrecisionError(MarError):
+    """A reduced precision fails its accuracy gate against fp32 eager (the figures are in the
+    message), or its calibration or evaluation samples cannot be read; nothing was written."""
 
 
 class ServerError(MarError):

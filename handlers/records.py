@@ -52,7 +52,7 @@ class WeightsEntry:
 
 @dataclass(frozen=True)
 class BuildRecord:
-    FORMAT: ClassVar[int] = 3  # 3: shards; 2: runtime; older records read as they are
+    FORMAT: ClassVar[int] = 4  # 4: precision, host; 3: shards; 2: runtime; older read as they are
 
     model: dict[str, str]  # name, version, arch
     weights: WeightsEntry  # the file spec.yaml names: the checkpoint, a shard index, an artifact
@@ -65,6 +65,9 @@ class BuildRecord:
     # `weights` is the exported artifact, which holds the weights.
     runtime: dict[str, Any] | None = None
     shards: list[WeightsEntry] = field(default_factory=list)  # a sharded checkpoint's shards
+    # reduced precision: {"dtype", "mode", "calibration" (where from), "gate" (figures, bars)}
+    precision: dict[str, Any] | None = None
+    host: dict[str, Any] | None = None  # the build host's instruction sets (handlers/precision.py)
 
     @property
     def weight_entries(self) -> list[WeightsEntry]:
@@ -158,10 +161,6 @@ class GoldenRecord:
     as the handler pads them. An input or output of a per-sample model is a list of tensors,
     one per sample, each of its own size (an image with no detections: a [0, 4] tensor)."""
     FORMAT: ClassVar[int] = 3  # 3: per-sample lists; 2: cases; 1: one tensor each way
-    # (rtol, atol) by precision: fp32 allows for another device or thread count; fp16/bf16 for
-    # their 11- and 8-bit mantissas.
-    TOLERANCES: ClassVar[dict[str, tuple[float, float]]] = {
-        "fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2)}
 
     cases: list[tuple[Tensors, Tensors]]  # (inputs, outputs) per case
     rtol: float
@@ -169,8 +168,10 @@ class GoldenRecord:
 
     @classmethod
     def tolerance(cls, precision: str) -> tuple[float, float]:
-        """(rtol, atol) of the golden check at `precision`."""
-        return cls.TOLERANCES[precision]
+        """(rtol, atol) of the golden check at `precision` (handlers/precision.py)."""
+        from handlers.precision import precision_named
+
+        return precision_named(precision).golden
 
     @classmethod
     def record(cls, model_io: Callable[[Tensors], Tensors], inputs: list[Tensors],

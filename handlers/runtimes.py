@@ -42,9 +42,11 @@ class Runtime:
     artifact: str | None  # the archive file that replaces the state_dict; None: the state_dict
     load: Loader | None  # (spec, artifact, device) -> a call taking inputs by position
     exporter: str | None  # "module:function" in scripts/ that writes the artifact at build
+    int8_static: str | None = None  # "module:function" writing a calibrated static int8 artifact
     device_bound: bool = False  # compiled for one device type: served only where it was built
     checked_in_child: bool = False  # native code: the build runs it in a child process first
-    refused_precisions: dict[str, str] = field(default_factory=dict)  # precision -> why not
+    # precision (int8 with its mode: "int8 static") -> why this runtime cannot serve it
+    refused_precisions: dict[str, str] = field(default_factory=dict)
 
     @property
     def exported(self) -> bool:
@@ -92,14 +94,25 @@ def _onnx(spec: ModelSpec, path: Path, device: torch.device):
     return call
 
 
+_STATIC_COMPILED = ("static int8 runs as a graph compiled around its int8 operations: serve it "
+                    "with runtime aoti (pt2e + AOTInductor) or onnx (ONNX Runtime QDQ)")
+_DYNAMIC_EAGER = ("dynamic int8 (int8 Linear and LSTM weights, activations quantized per "
+                  "batch) is served by the eager runtime")
 RUNTIMES: dict[str, Runtime] = {runtime.name: runtime for runtime in (
-    Runtime("eager", "eager PyTorch", artifact=None, load=None, exporter=None),
+    Runtime("eager", "eager PyTorch", artifact=None, load=None, exporter=None,
+            refused_precisions={"int8 static": _STATIC_COMPILED}),
     Runtime("torchscript", "TorchScript", artifact="model.ts.pt", load=_torchscript,
-            exporter="scripts.export:export_torchscript"),
+            exporter="scripts.export:export_torchscript",
+            refused_precisions={"int8 static": _STATIC_COMPILED, "int8 dynamic": _DYNAMIC_EAGER}),
     Runtime("onnx", "ONNX Runtime", artifact="model.onnx", load=_onnx, exporter="scripts.export:export_onnx",
-            refused_precisions={"bf16": "numpy, which feeds onnxruntime, has no bfloat16"}),
+            int8_static="scripts.precision.quantize:onnx_static", refused_precisions={"bf16": "ONNX Runtime's CPU provider has no bfloat16 Conv or "
+                                        "MatMul: it refuses the graph ('Type tensor(bfloat16) of "
+                                        "input parameter of operator Conv is invalid')",
+                                "int8 dynamic": _DYNAMIC_EAGER}),
     Runtime("aoti", "AOTInductor", artifact="model.pt2", load=_aoti, exporter="scripts.export:export_aoti",
-            device_bound=True, checked_in_child=True),
+            int8_static="scripts.precision.quantize:aoti_static", device_bound=True,
+            checked_in_child=True,
+            refused_precisions={"int8 dynamic": _DYNAMIC_EAGER}),
 )}
 
 

@@ -41,4 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"verify: OK: {checked.spec.name} {checked.spec.version}: build record matches; golden "
           f"max abs error {checked.golden_max_error:.3g} on {checked.device} "
           f"(tolerance rtol {rtol:g}, atol {atol:g}, {precision})")
+    gate = (BuildRecord.read(model_dir).precision or {}).get("gate")
+    if gate:
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in gate["figures"].items())
+        print(f"verify: accuracy at build: {precision} vs fp32 eager on {gate['samples']} samples "
+              f"({gate['source']}): {figures}")
     return 0

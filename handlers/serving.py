@@ -8,17 +8,17 @@ entry, the register query), each produced here only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from handlers.errors import SpecError
+from handlers.precision import PRECISIONS, PrecisionSettings, parse_precision, precision_key
 from handlers.runtimes import RUNTIMES
 from handlers.validation import check_bool, optional_section
 
 __all__ = ["ServingSpec", "parse_serving", "check_worker_range", "DEVICES", "PRECISIONS"]
 
 DEVICES = ("auto", "cpu", "gpu")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,23 @@ class ServingSpec:
     max_workers: int = 1
     response_timeout_s: int = 120  # also bounds the worker's start-up (loading the weights)
     device: str = "auto"  # auto: the GPU TorchServe assigns if CUDA works, else the CPU
-    precision: str = "fp32"  # the model is cast at load; inputs follow
+    precision: str = "fp32"  # handlers/precision.py: fp32, fp16, bf16 (cast at load), int8
+    precision_settings: PrecisionSettings = field(default_factory=PrecisionSettings)
     cpu_threads: int = 1  # torch threads per worker, on a GPU too; scale with workers first
     device_ids: tuple[int, ...] | None = None  # GPUs this model's workers may use (deviceIds)
     tf32: bool = False  # allow TF32 matmuls at fp32 on Ampere+ GPUs (faster, ~1e-3 less exact)
     compile: bool = False  # torch.compile the model at load; falls back to eager, logged, on failure
     channels_last: bool = False  # 4-D weights in NHWC: faster convolutions (oneDNN, cuDNN)
     runtime: str = "eager"  # eager, or an artifact exported at build: torchscript, onnx, aoti
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as YAML-ready data (the archive's spec.yaml)."""
+        data = {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in fields(self) if f.name != "precision_settings"}
+        settings = self.precision_settings.to_dict()
+        if settings:
+            data["precision"] = {"dtype": self.precision, **settings}
+        return data
 
     # ---- the same settings in TorchServe's own forms ----
 
@@ -76,7 +86,7 @@ class ServingSpec:
         return updated
 
 
-_KEYS = tuple(f.name for f in fields(ServingSpec))
+_KEYS = tuple(f.name for f in fields(ServingSpec) if f.name != "precision_settings")
 
 
 def check_worker_range(min_workers: int, max_workers: int, problems: list[str], *,
@@ -109,10 +119,10 @@ def parse_serving(value: Any, problems: list[str]) -> ServingSpec:
             settings["device_ids"] = tuple(ids)
     if settings.get("device", "auto") not in DEVICES:
         problems.append(f"`serving.device` {settings['device']!r} is not one of {', '.join(DEVICES)}")
+    runtime = settings.get("runtime", "eager")
+    settings["precision"], settings["precision_settings"] = parse_precision(
+        settings.get("precision", "fp32"), runtime if runtime in RUNTIMES else "eager", problems)
     _check_runtime(settings, problems)
-    if settings.get("precision", "fp32") not in PRECISIONS:
-        problems.append(f"`serving.precision` {settings['precision']!r} is not one of "
-                        f"{', '.join(PRECISIONS)}")
     serving = ServingSpec(**settings)
     check_worker_range(serving.min_workers, serving.max_workers, problems,
                        names=("`serving.min_workers`", "`serving.max_workers`"))
@@ -127,10 +137,10 @@ def _check_runtime(settings: dict, problems: list[str]) -> None:
     elif runtime.exported and settings.get("compile"):
         problems.append(f"`serving.compile` applies to the eager runtime; runtime {name} is "
                         "compiled at build already: drop compile, or use runtime: eager")
-    elif settings.get("precision", "fp32") in runtime.refused_precisions:
-        precision = settings["precision"]
-        problems.append(f"`serving.runtime` {name} with precision {precision} is not supported "
-                        f"({runtime.refused_precisions[precision]}): use another precision, or "
+    elif (key := precision_key(settings["precision"], settings["precision_settings"])) in \
+            runtime.refused_precisions:
+        problems.append(f"`serving.runtime` {name} with precision {key} is not supported "
+                        f"({runtime.refused_precisions[key]}): use another precision, or "
                         "another runtime")
 
 

@@ -176,7 +176,7 @@ def spec_to_dict(spec: ModelSpec, *, weights: str | None = None) -> dict[str, An
         "params": dict(spec.params),
         "weights": weights if weights is not None else spec.weights,
         **io_to_dict(spec.io),
-        "serving": {f.name: _plain(getattr(spec.serving, f.name)) for f in fields(ServingSpec)},
+        "serving": spec.serving.to_dict(),
         "checkpoint": {f.name: _plain(getattr(spec.checkpoint, f.name))
                        for f in fields(CheckpointSpec)},
     }

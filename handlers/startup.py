@@ -21,6 +21,7 @@ from handlers.device import apply_process_settings, prepare_model, select_device
 from handlers.errors import IntegrityError
 from handlers.hashing import blake3_file
 from handlers.model_io import ModelIO
+from handlers.precision import check_artifact_host, warn_if_emulated
 from handlers.runtimes import ExportedModel, load_exported, runtime_named
 from handlers.records import SPEC_FILE, BuildRecord, GoldenRecord
 from handlers.spec import ModelSpec, load_spec
@@ -52,6 +53,8 @@ def load_archive_model(model_dir: Path, *, gpu_id: int | str | None = None,
     target = (record.runtime or {}).get("target_device")
     device = device or _serving_device(spec, gpu_id, target)
     apply_process_settings(spec)
+    if device.type == "cpu":
+        warn_if_emulated(spec.serving.precision)
     golden = GoldenRecord.read(model_dir)
     if record.runtime is None:
         model = _eager_model(spec, model_dir, record, golden, device)
@@ -77,6 +80,9 @@ def _exported_model(spec: ModelSpec, model_dir: Path, record: BuildRecord,
                     device: torch.device) -> ExportedModel:
     """The artifact, checked against its recorded BLAKE3 before anything loads it."""
     path = model_dir / record.weights.file
+    runtime = runtime_named(spec.serving.runtime)
+    if runtime.device_bound and device.type == "cpu":
+        check_artifact_host(record.host, runtime.label, path.name)
     if blake3_file(path) != record.weights.blake3:
         raise IntegrityError(f"{path} does not match the archive's build record (BLAKE3): the "
                              "archive was altered after `mar build`. Rebuild it.")

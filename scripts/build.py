@@ -21,6 +21,7 @@ from handlers.errors import MarError, SpecError, UsageError
 from handlers.hashing import blake3_file, sha256_and_crc32, sha256_bytes, sha256_file
 from handlers.device import prepare_model
 from handlers.model_io import ModelIO
+from handlers.precision import host_isa
 from handlers.runtimes import runtime_named
 from handlers.shards import resolve_weights, weight_files
 from handlers.records import (BUILD_RECORD_FILE, FILES_DIR, GOLDEN_FILE, MODEL_CONFIG_FILE, SPEC_FILE,
@@ -31,6 +32,7 @@ from model_defs import definition_files
 from scripts.archive import MANIFEST_NAME, Member, archive_path, manifest_json, write_archive
 from scripts.config import REPO_ROOT
 from scripts.export import ExportedArtifact, export_artifact
+from scripts.precision import GateResult, calibration_batches, judge_precision
 
 __all__ = ["BuildResult", "build_archive", "validate", "HANDLER_FILE", "HANDLERS_DIR"]
 
@@ -51,6 +53,8 @@ class BuildResult:
     let_through_missing: tuple[str, ...]
     ignored_unexpected: tuple[str, ...]
     exported: ExportedArtifact | None = None  # the runtime's artifact, when not eager
+    gate: GateResult | None = None  # a reduced precision's accuracy against fp32 eager
+    calibration: str | None = None  # static int8: what it was calibrated on
 
 
 def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: str | Path | None = None,
@@ -74,11 +78,20 @@ def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: st
         # copied; the build record that needs the digests is written last.
         digests = {path: pool.submit(sha256_and_crc32, path) for path in weight_files(weights_path)}
         loaded, golden = validate(spec, weights_path)
-        exported = export_artifact(spec, prepare_model(loaded.model, spec), golden, Path(scratch)) \
+        calibration, calibrated_on = calibration_batches(spec) if _static_int8(spec) else (None, None)
+        exported = export_artifact(spec, prepare_model(loaded.model, spec), golden, Path(scratch),
+                                   calibration=calibration) \
             if runtime_named(spec.serving.runtime).exported else None
+        golden = exported.golden if exported is not None and exported.golden else golden
+        gate = judge_precision(spec, weights_path, prepare_model(loaded.model, spec),
+                               exported.path if exported else None) \
+            if spec.serving.precision != "fp32" else None
         served = {exported.path: pool.submit(sha256_and_crc32, exported.path)} if exported \
             else digests
-        members = _members(spec, served, digests[weights_path], exported, loaded, golden)
+        precision = None if gate is None else {
+            "dtype": spec.serving.precision, "mode": spec.serving.precision_settings.mode,
+            "calibration": calibrated_on, "gate": gate.to_record()}
+        members = _members(spec, served, digests[weights_path], exported, loaded, golden, precision)
         export_dir.mkdir(parents=True, exist_ok=True)
         archive_sha256 = write_archive(target, members, archive_format=archive_format,
                                        crcs={path: d.result().crc32 for path, d in served.items()})
@@ -88,7 +101,8 @@ def build_archive(spec_path: str | Path, *, export_path: str | Path, weights: st
             parameters=sum(p.numel() for p in loaded.model.parameters()),
             golden=golden, checkpoint_notes=loaded.checkpoint_notes,
             let_through_missing=loaded.plan.let_through_missing,
-            ignored_unexpected=loaded.plan.ignored_unexpected, exported=exported)
+            ignored_unexpected=loaded.plan.ignored_unexpected, exported=exported, gate=gate,
+            calibration=calibrated_on)
 
 
 def validate(spec: ModelSpec, weights_path: Path) -> tuple[LoadedModel, GoldenRecord]:
@@ -111,8 +125,8 @@ def validate(spec: ModelSpec, weights_path: Path) -> tuple[LoadedModel, GoldenRe
 
 
 def _members(spec: ModelSpec, served: dict[Path, Future], weights_digest: Future,
-             exported: ExportedArtifact | None, loaded: LoadedModel,
-             golden: GoldenRecord) -> dict[str, Member]:
+             exported: ExportedArtifact | None, loaded: LoadedModel, golden: GoldenRecord,
+             precision: dict | None) -> dict[str, Member]:
     """Every file of the archive (name -> source): the checkpoint (or its index and shards, as
     they are), or the runtime's artifact in its place. The build record is deferred: it needs
     the served files' digests, which are computed while the rest is written."""
@@ -158,8 +172,13 @@ def _members(spec: ModelSpec, served: dict[Path, Future], weights_digest: Future
             "name": spec.serving.runtime, "target_device": exported.target_device,
             "eager_weights_sha256": weights_digest.result().sha256,
             "max_abs_error_vs_eager": exported.max_error},
+        precision=precision, host=host_isa(),
     ).to_bytes()
     return members
+
+
+def _static_int8(spec: ModelSpec) -> bool:
+    return spec.serving.precision == "int8" and spec.serving.precision_settings.mode == "static"
 
 
 def _spec_files(spec: ModelSpec) -> dict[str, Path]:

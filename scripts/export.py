@@ -41,7 +41,8 @@ class ExportedArtifact:
     path: Path  # the artifact, in a temporary folder the caller removes
     target_device: str  # "cpu" or "cuda": where it was built to run
     seconds: float
-    max_error: float  # against eager, over the golden cases and batch 1
+    max_error: float | None  # against eager, over the golden cases and batch 1 (None: int8)
+    golden: GoldenRecord | None = None  # static int8: the artifact's own outputs, the new record
 
 
 class _Positional(nn.Module):
@@ -69,18 +70,25 @@ class _Positional(nn.Module):
         return tuple(v[0] if self.outputs_per_sample else v for v in named.values())
 
 
-def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord,
-                    folder: Path) -> ExportedArtifact:
-    """Export `model` (eval mode, loaded and validated) to `spec.serving.runtime` in `folder`.
-    Raises MarError naming the runtime and the reason, suggesting eager."""
+def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord, folder: Path, *,
+                    calibration: list | None = None) -> ExportedArtifact:
+    """Export `model` (eval mode, loaded and validated) to `spec.serving.runtime` in `folder`;
+    for static int8, quantized with the `calibration` batches. Raises MarError naming the
+    runtime and the reason, suggesting eager."""
     runtime = runtime_named(spec.serving.runtime)
     device = _build_device(spec, runtime)
     started = time.perf_counter()
     wrapper = _Positional(spec, model).eval().to(device)
     example = [(v[0] if per_sample_artifact(spec) else v).to(device)  # one sample, or the batch
                for v in golden.largest_inputs.values()]
-    program = _captured(spec, wrapper, example)
     path = folder / runtime.artifact
+    if calibration is not None:
+        _quantized(spec, runtime, wrapper, example, calibration, path)
+        own = artifact_outputs(spec, path, device, [inputs for inputs, _ in golden.cases])
+        return ExportedArtifact(path, device.type, time.perf_counter() - started, None,
+                                GoldenRecord([(inputs, outputs) for (inputs, _), outputs in
+                                              zip(golden.cases, own)], golden.rtol, golden.atol))
+    program = _captured(spec, wrapper, example)
     try:
         exporter_of(runtime)(spec, program, example, path)
     except MarError:
@@ -90,6 +98,28 @@ def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord,
     seconds = time.perf_counter() - started
     error = _check_against_eager(spec, runtime, path, device, golden, ModelIO(spec, model))
     return ExportedArtifact(path, device.type, seconds, error)
+
+
+def artifact_outputs(spec: ModelSpec, path: Path, device: torch.device,
+                     batches: list[dict]) -> list[dict]:
+    """The artifact's outputs for each batch of named inputs, run as a worker runs it (in a child
+    process for native code)."""
+    runtime = runtime_named(spec.serving.runtime)
+    return _artifact_outputs(spec, runtime, path, device, [[(b, None) for b in batches]])[0]
+
+
+def _quantized(spec: ModelSpec, runtime: Runtime, wrapper: nn.Module, example: list[Tensor],
+               calibration: list[dict], path: Path) -> None:
+    module, function = runtime.int8_static.split(":")
+    batches = [[batch[name] for name in wrapper.names] for batch in calibration]
+    try:
+        getattr(importlib.import_module(module), function)(
+            spec, wrapper, example, {"inputs": _dynamic_shapes(spec, example)}, batches, path,
+            exporter_of(runtime))
+    except MarError:
+        raise
+    except Exception as err:  # noqa: BLE001 - torch.export, the quantizer or the compiler refused
+        raise _refusal(spec, f"static int8 quantization for {runtime.name} failed", err) from err
 
 
 def exporter_of(runtime: Runtime):

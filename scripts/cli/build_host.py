@@ -56,6 +56,11 @@ def _print_build(result) -> None:
     if result.ignored_unexpected:
         print(f"  let through, unexpected (checkpoint.ignore_unexpected): "
               f"{', '.join(result.ignored_unexpected)}")
+    if result.calibration:
+        print(f"  int8 calibrated on {result.calibration}")
+    if result.gate is not None:
+        bars = ", ".join(f"{name} {bar:g}" for name, bar in result.gate.bars.items())
+        print(f"  accuracy gate passed: {result.gate.describe()} (bars: {bars})")
     inputs, outputs = result.golden.largest_case
     print(f"  golden check recorded: {len(result.golden.cases)} case(s); the largest "
           f"{_shapes(inputs)} -> {_shapes(outputs)}")

@@ -105,7 +105,7 @@ def build_summary(record: BuildRecord) -> dict:
             "uncommitted_changes": (record.source or {}).get("uncommitted_changes"),
             "torch_version": record.torch_version, "runtime": runtime.get("name", "eager"),
             "precision": record.golden.get("precision"),
-            "accuracy": record.golden.get("accuracy")}
+            "accuracy": ((record.precision or {}).get("gate") or {}).get("figures")}
 
 
 def _digests(path: Path) -> dict[str, str]:

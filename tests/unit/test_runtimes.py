@@ -119,4 +119,7 @@ def test_every_runtime_entry_is_complete(name):
         assert runtime.artifact not in {r.artifact for r in RUNTIMES.values() if r is not runtime}
     else:
         assert runtime.load is None and runtime.exporter is None
-    assert set(runtime.refused_precisions) <= set(PRECISIONS)
+    from handlers.precision import INT8_MODES
+
+    keys = set(PRECISIONS) - {"int8"} | {f"int8 {mode}" for mode in INT8_MODES}
+    assert set(runtime.refused_precisions) <= keys, runtime.refused_precisions
