@@ -50,23 +50,36 @@ class Batcher:
         self.follows = {o.name: o.follows for o in spec.outputs if o.follows}
 
     def batches(self, requests: list[list[Part]]) -> list[Batch]:
-        """The requests' parts as forward passes: one, padded, with an attention mask; else one
+        """The requests' parts as forward passes of at most the spec's batch size (the range an
+        exported artifact is built and proven for; a request may hold more samples): padded
+        together with an attention mask, all as lists for a list-taking model, else one group
         per distinct shape."""
-        members = [(index, part) for index, parts in enumerate(requests) for part in parts]
-        if self.spec.io.batching == "list":
-            return [self._listed(members)]
-        if self.spec.io.attention_mask:
-            keys = [0] * len(members)  # all together, padded
+        cap = self.spec.serving.batch_size
+        members = [(index, piece) for index, parts in enumerate(requests) for part in parts
+                   for piece in _pieces(part, cap)]
+        if self.spec.io.batching == "list" or self.spec.io.attention_mask:
+            keys = [0] * len(members)  # all together
         else:
             keys = [tuple(part[name].shape[1:] for name in self.inputs) for _, part in members]
-        groups: dict[object, list[_Member]] = {}
-        offsets: dict[object, int] = {}
-        for key, (index, part) in zip(keys, members):
-            start = offsets.get(key, 0)
-            groups.setdefault(key, []).append(_Member(index, part, start))
-            offsets[key] = start + len(next(iter(part.values())))
-        return [Batch({name: self._tensor(name, [m.part[name] for m in group])
-                       for name in self.inputs}, group) for group in groups.values()]
+        groups: dict[object, list[list[tuple[int, Part]]]] = {}
+        for key, member in zip(keys, members):
+            chunks = groups.setdefault(key, [[]])
+            if _rows(chunks[-1]) + len(next(iter(member[1].values()))) > cap:
+                chunks.append([])
+            chunks[-1].append(member)
+        return [self._batch(chunk) for chunks in groups.values() for chunk in chunks]
+
+    def _batch(self, chunk: list[tuple[int, Part]]) -> Batch:
+        """One forward pass: stacked (padded to the longest when they differ), or as lists."""
+        group, start = [], 0
+        for index, part in chunk:
+            group.append(_Member(index, part, start))
+            start += len(next(iter(part.values())))
+        if self.spec.io.batching == "list":
+            return Batch({name: [self._on_device(name, row) for m in group for row in m.part[name]]
+                          for name in self.inputs}, group)
+        return Batch({name: self._tensor(name, [m.part[name] for m in group])
+                      for name in self.inputs}, group)
 
     def split(self, batches: list[Batch], outputs: list[dict[str, Tensor | list[Tensor]]],
               requests: int) -> list[Outputs]:
@@ -82,15 +95,6 @@ class Batcher:
                     per_request[member.request].setdefault(name, []).append(piece)
         return [{name: _joined(pieces) for name, pieces in outputs.items()}
                 for outputs in per_request]
-
-    def _listed(self, members: list[tuple[int, Part]]) -> Batch:
-        """Every sample in one forward pass, each its own tensor (forward() takes lists)."""
-        group, start = [], 0
-        for index, part in members:
-            group.append(_Member(index, part, start))
-            start += len(next(iter(part.values())))
-        return Batch({name: [self._on_device(name, row) for m in group for row in m.part[name]]
-                      for name in self.inputs}, group)
 
     def _tensor(self, name: str, arrays: list[np.ndarray]) -> Tensor:
         """One input's arrays as a tensor on the device, padded to the longest when they differ;
@@ -125,6 +129,19 @@ class Batcher:
         if isinstance(values, list):  # per sample, no batch axis
             return [np.ascontiguousarray(value[_cut(value.ndim, axes, lengths, 0)]) for value in values]
         return np.ascontiguousarray(values[_cut(values.ndim, axes, lengths, 1)])
+
+
+def _pieces(part: Part, cap: int) -> list[Part]:
+    """A part of more samples than `cap`, in slices of at most `cap`."""
+    rows = len(next(iter(part.values())))
+    if rows <= cap:
+        return [part]
+    return [{name: array[start:start + cap] for name, array in part.items()}
+            for start in range(0, rows, cap)]
+
+
+def _rows(members: list[tuple[int, Part]]) -> int:
+    return sum(len(next(iter(part.values()))) for _, part in members)
 
 
 def _cut(ndim: int, axes: tuple[int, ...], lengths: list[int], offset: int) -> tuple:

@@ -123,3 +123,25 @@ def test_every_runtime_entry_is_complete(name):
 
     keys = set(PRECISIONS) - {"int8"} | {f"int8 {mode}" for mode in INT8_MODES}
     assert set(runtime.refused_precisions) <= keys, runtime.refused_precisions
+
+
+def test_a_request_of_more_samples_than_the_batch_size_is_answered_in_passes(tmp_path,
+                                                                            digits_model):
+    """An artifact is built and proven for batches of 1 to batch_size; one request may hold more
+    (here 3x), and the worker runs it in passes of at most batch_size (an AOTInductor artifact
+    fed more once answered with batch_size rows, silently: tests/integration/
+    test_precision_served.py sends it 96)."""
+    from tests.helpers import InProcessHandler
+
+    built = build_archive(_digits(tmp_path, digits_model, runtime="onnx", batch_size=4),
+                          export_path=tmp_path / "store", archive_format="folder")
+    served = InProcessHandler(built.archive)
+    images = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    handler = served.handler
+    passes = handler.batch([handler.decode_request({"body": json.dumps(
+        {"inputs": images.tolist()}).encode()})])
+    assert [len(p.inputs["input"]) for p in passes] == [4, 4, 4]
+    body, status, _ = served.one({"inputs": images.tolist()})
+    with torch.inference_mode():
+        expected = digits_model(images)
+    assert status == 200 and torch.allclose(torch.tensor(body["outputs"]), expected, atol=1e-5)

@@ -1,0 +1,81 @@
+"""Reduced precision through a real TorchServe and `mar verify`: the trained digits CNN at static
+int8 (pt2e, compiled by AOTInductor, calibrated on held-back digits) and at bf16 answers as fp32
+does; an AOTInductor artifact is refused on a host whose CPU lacks what it was compiled for, and
+bf16 on a CPU without bf16 units serves with one warning. (ATEN_CPU_CAPABILITY=avx2 is how torch
+itself is told to use, and report, AVX2 only.)"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.build import build_archive
+from scripts.client import TorchServeClient, oip_outputs, oip_request
+from scripts.examples.digits import load_split, train
+from scripts.manage import register_archive
+from tests.helpers import digits_spec_data, run_mar, save_weights, write_spec
+
+SPLIT = load_split()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, torchserve):
+    folder = tmp_path_factory.mktemp("precision")
+    model = train(SPLIT, digits_spec_data()["params"], epochs=8)
+    save_weights(model, folder / "digits.pt")
+    (folder / "calibration").mkdir()
+    for i in range(64):
+        np.save(folder / "calibration" / f"{i:03d}.npy", SPLIT.train_images[i])
+    archives = {}
+    for name, precision, runtime in (
+            ("digits_int8", {"dtype": "int8", "calibration": {"files": "calibration"}}, "aoti"),
+            ("digits_bf16", "bf16", "eager")):
+        data = digits_spec_data(name=name, weights="digits.pt")
+        data["serving"] = {**data["serving"], "precision": precision, "runtime": runtime}
+        archives[name] = build_archive(write_spec(folder, data, f"{name}.yaml"),
+                                       export_path=torchserve.config.model_store).archive
+    return model, archives
+
+
+def test_int8_and_bf16_serve_the_held_back_digits_as_fp32_does(torchserve, built):
+    model, archives = built
+    client = TorchServeClient(torchserve.config)
+    images = SPLIT.test_images[:96]
+    with torch.inference_mode():
+        fp32 = model(torch.from_numpy(images)).argmax(1).numpy()
+    try:
+        for name, archive in archives.items():
+            register_archive(torchserve.config, archive, workers=1)
+            body, headers = oip_request({"input": images}, binary=True)
+            answer = client.infer_v2(name, body, json_length=int(headers["Inference-Header-Content-Length"]))
+            served = oip_outputs(answer)["output"].argmax(1)
+            assert (served == fp32).mean() >= 0.98, name
+            assert abs((served == SPLIT.test_labels[:96]).mean()
+                       - (fp32 == SPLIT.test_labels[:96]).mean()) <= 0.02, name
+    finally:
+        for name in archives:
+            client.unregister(name, check=False)
+
+
+def test_an_aoti_artifact_is_refused_where_the_cpu_lacks_its_units(built):
+    _, archives = built
+    assert run_mar("verify", archives["digits_int8"]).returncode == 0
+    refused = run_mar("verify", archives["digits_int8"], check=False,
+                      env={"ATEN_CPU_CAPABILITY": "avx2"})
+    assert refused.returncode == 1
+    assert "was compiled by AOTInductor on a CPU with AVX512" in refused.stderr
+    assert "this host has AVX2, without avx512" in refused.stderr
+    assert "would stop on an illegal instruction" in refused.stderr
+
+
+def test_bf16_without_bf16_units_serves_and_warns_once(built):
+    _, archives = built
+    result = run_mar("verify", archives["digits_bf16"], env={"ATEN_CPU_CAPABILITY": "avx2"})
+    output = result.stdout + result.stderr
+    assert output.count("bf16 is emulated on this CPU") == 1, output
+    assert "verify: OK" in output and "accuracy at build: bf16 vs fp32 eager" in output
+    quiet = run_mar("verify", archives["digits_bf16"])  # this CPU has the units
+    assert "emulated" not in quiet.stdout + quiet.stderr
