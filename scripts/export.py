@@ -84,10 +84,13 @@ def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord, fol
     path = folder / runtime.artifact
     if calibration is not None:
         _quantized(spec, runtime, wrapper, example, calibration, path)
-        own = artifact_outputs(spec, path, device, [inputs for inputs, _ in golden.cases])
+        cases = [inputs for inputs, _ in golden.cases]
+        own = artifact_outputs(spec, path, device, cases + [{k: _first(v) for k, v in c.items()}
+                                                             for c in cases])
+        _check_rows(spec, cases + [{k: _first(v) for k, v in c.items()} for c in cases], own)
         return ExportedArtifact(path, device.type, time.perf_counter() - started, None,
-                                GoldenRecord([(inputs, outputs) for (inputs, _), outputs in
-                                              zip(golden.cases, own)], golden.rtol, golden.atol))
+                                GoldenRecord([(inputs, outputs) for inputs, outputs in
+                                              zip(cases, own)], golden.rtol, golden.atol))
     program = _captured(spec, wrapper, example)
     try:
         exporter_of(runtime)(spec, program, example, path)
@@ -106,6 +109,20 @@ def artifact_outputs(spec: ModelSpec, path: Path, device: torch.device,
     process for native code)."""
     runtime = runtime_named(spec.serving.runtime)
     return _artifact_outputs(spec, runtime, path, device, [[(b, None) for b in batches]])[0]
+
+
+def _check_rows(spec: ModelSpec, batches: list[dict], outputs: list[dict]) -> None:
+    """Every output of the artifact holds as many samples as its batch (an AOTInductor artifact
+    of the digits CNN answers any batch with its largest): else the runtime is refused."""
+    for batch, answer in zip(batches, outputs):
+        given = len(next(iter(batch.values())))
+        for name, value in answer.items():
+            if len(value) != given:
+                raise ExportError(
+                    f"{spec.source}: the {spec.serving.runtime} artifact answers a batch of "
+                    f"{given} with {len(value)} rows of `{name}`: it fixed the batch size it was "
+                    "compiled at. Nothing was written. Serve it with another runtime (onnx), or "
+                    "eager.")
 
 
 def _quantized(spec: ModelSpec, runtime: Runtime, wrapper: nn.Module, example: list[Tensor],

@@ -21,7 +21,7 @@ from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from scripts.config import REPO_ROOT
 
-__all__ = ["measure", "report"]
+__all__ = ["measure", "report", "picture_jpeg"]
 
 SIZES = [(384, 512), (512, 384), (240, 320), (360, 480), (256, 256), (336, 448), (300, 400),
          (288, 352)]  # (height, width), all within the spec's max
@@ -47,7 +47,7 @@ def measure(run: BenchRun) -> dict:
             "serving": {**spec["serving"], "batch_size": size}}))
         archive = build_archive(folder / f"{name}.yaml", export_path=run.config.model_store).archive
         client.register(archive.name, initial_workers=1)
-    bodies = [_jpeg(folder / f"image-{h}x{w}.jpg", h, w, seed) for seed, (h, w) in enumerate(SIZES)]
+    bodies = [picture_jpeg(folder / f"image-{h}x{w}.jpg", h, w, seed) for seed, (h, w) in enumerate(SIZES)]
     level = min(run.concurrency)  # twice the batch: batches fill, the queue stays short
     rows: dict[str, list[dict]] = {label: [] for label in variants}
     try:
@@ -66,7 +66,7 @@ def measure(run: BenchRun) -> dict:
             "variants": {label: median_run(runs) for label, runs in rows.items()}}
 
 
-def _jpeg(path, height: int, width: int, seed: int):
+def picture_jpeg(path, height: int, width: int, seed: int):
     """A picture with shapes and noise, so the detector has something to score."""
     from PIL import Image, ImageDraw
 

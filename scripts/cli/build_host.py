@@ -174,11 +174,22 @@ def add_bench(commands) -> None:
                      "--runtime-models, at the models' spec batching")
     sub.add_argument("--runtime-models", nargs="+", default=["digits", "resnet18"],
                      choices=["digits", "resnet18"], help="models the runtimes are compared on")
+    sub.add_argument("--precisions", nargs="*", metavar="MODEL",
+                     choices=["resnet18", "sentiment", "digits"],
+                     help="instead: compare precisions (fp32, bf16, int8 static and dynamic) "
+                     "through TorchServe on these models (all when none are named)")
 
 
 def _cmd_bench(args) -> int:
     from scripts.bench import PARTS, run_bench, run_runtimes_bench
 
+    if args.precisions is not None:
+        from scripts.bench.precisions import run_precisions_bench
+
+        run_precisions_bench(models=tuple(args.precisions or ("resnet18", "sentiment", "digits")),
+                             seconds=args.throughput_seconds, concurrency=min(args.concurrency),
+                             repeats=args.repeats, out=args.out.with_name("precisions.json"))
+        return 0
     if args.runtimes is not None:
         run_runtimes_bench(models=tuple(args.runtime_models),
                            runtimes=tuple(args.runtimes or RUNTIMES),

@@ -59,6 +59,13 @@ def judge(spec: ModelSpec, reference: list[Tensors], served: list[Tensors], sour
     PrecisionError with every figure when one is beyond its bar."""
     precision = precision_named(spec.serving.precision)
     bars = {**precision.accept, **spec.serving.precision_settings.accept}
+    for ref, got in zip(reference, served):
+        for name in ref:
+            if len(ref[name]) != len(got[name]):
+                raise PrecisionError(f"{spec.source}: serving.precision {spec.serving.precision} "
+                                     f"({spec.serving.runtime}) answers a batch of {len(ref[name])} "
+                                     f"with {len(got[name])} rows of `{name}`. Nothing was "
+                                     "written. Serve it with another runtime, or eager.")
     per_output = {name: _relative_errors([r[name] for r in reference], [s[name] for s in served])
                   for name in reference[0]}
     figures = {"max_rel_error": max(e["max_rel_error"] for e in per_output.values()),

@@ -1,8 +1,9 @@
 """Reduced precision through a real TorchServe and `mar verify`: the trained digits CNN at static
-int8 (pt2e, compiled by AOTInductor, calibrated on held-back digits) and at bf16 answers as fp32
-does; an AOTInductor artifact is refused on a host whose CPU lacks what it was compiled for, and
-bf16 on a CPU without bf16 units serves with one warning. (ATEN_CPU_CAPABILITY=avx2 is how torch
-itself is told to use, and report, AVX2 only.)"""
+int8 (ONNX Runtime QDQ, calibrated on training digits) and at bf16 answers the held-back digits as
+fp32 does; its AOTInductor int8 artifact, which fixes its batch size, is refused at build; bf16 on
+a CPU without bf16 units serves with one warning (ATEN_CPU_CAPABILITY=avx2 is how torch itself is
+told to use, and report, AVX2 only; tests/integration/test_runtimes.py refuses an AOTInductor
+artifact the same way)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def built(tmp_path_factory, torchserve):
         np.save(folder / "calibration" / f"{i:03d}.npy", SPLIT.train_images[i])
     archives = {}
     for name, precision, runtime in (
-            ("digits_int8", {"dtype": "int8", "calibration": {"files": "calibration"}}, "aoti"),
+            ("digits_int8", {"dtype": "int8", "calibration": {"files": "calibration"}}, "onnx"),
             ("digits_bf16", "bf16", "eager")):
         data = digits_spec_data(name=name, weights="digits.pt")
         data["serving"] = {**data["serving"], "precision": precision, "runtime": runtime}
@@ -60,15 +61,20 @@ def test_int8_and_bf16_serve_the_held_back_digits_as_fp32_does(torchserve, built
             client.unregister(name, check=False)
 
 
-def test_an_aoti_artifact_is_refused_where_the_cpu_lacks_its_units(built):
-    _, archives = built
-    assert run_mar("verify", archives["digits_int8"]).returncode == 0
-    refused = run_mar("verify", archives["digits_int8"], check=False,
-                      env={"ATEN_CPU_CAPABILITY": "avx2"})
-    assert refused.returncode == 1
-    assert "was compiled by AOTInductor on a CPU with AVX512" in refused.stderr
-    assert "this host has AVX2, without avx512" in refused.stderr
-    assert "would stop on an illegal instruction" in refused.stderr
+def test_an_aoti_int8_artifact_that_fixes_its_batch_size_is_refused(built, tmp_path):
+    from handlers.errors import ExportError
+
+    model, _ = built
+    save_weights(model, tmp_path / "digits.pt")
+    (tmp_path / "calibration").mkdir()
+    for i in range(16):
+        np.save(tmp_path / "calibration" / f"{i:03d}.npy", SPLIT.train_images[i])
+    data = digits_spec_data(weights="digits.pt")
+    data["serving"] = {**data["serving"], "runtime": "aoti",
+                       "precision": {"dtype": "int8", "calibration": {"files": "calibration"}}}
+    with pytest.raises(ExportError, match="answers a batch of 1 with 16 rows of `output`: it "
+                                          "fixed the batch size it was compiled at"):
+        build_archive(write_spec(tmp_path, data), export_path=tmp_path / "store")
 
 
 def test_bf16_without_bf16_units_serves_and_warns_once(built):

@@ -57,6 +57,12 @@ def test_runtime_serves_like_eager(torchserve, tmp_path, digits_model, model_nam
                 assert np.array(body["outputs"]["token_states"]).shape == tuple(states.shape)
     finally:
         client.unregister(name, check=False)
+    if runtime == "aoti":  # its code is for this CPU's units: refused where torch has fewer
+        refused = run_mar("verify", archive, check=False, env={"ATEN_CPU_CAPABILITY": "avx2"})
+        assert refused.returncode == 1
+        assert "was compiled by AOTInductor on a CPU with AVX512" in refused.stderr
+        assert "this host has AVX2, without avx512" in refused.stderr
+        assert "would stop on an illegal instruction" in refused.stderr
 
 
 def _ids(text: str) -> list[int]:
