@@ -17,6 +17,8 @@ Nothing is written into the model store unless all three pass.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import subprocess
 import sys
 import time
@@ -87,7 +89,6 @@ def export_artifact(spec: ModelSpec, model: nn.Module, golden: GoldenRecord, fol
         cases = [inputs for inputs, _ in golden.cases]
         own = artifact_outputs(spec, path, device, cases + [{k: _first(v) for k, v in c.items()}
                                                              for c in cases])
-        _check_rows(spec, cases + [{k: _first(v) for k, v in c.items()} for c in cases], own)
         return ExportedArtifact(path, device.type, time.perf_counter() - started, None,
                                 GoldenRecord([(inputs, outputs) for inputs, outputs in
                                               zip(cases, own)], golden.rtol, golden.atol))
@@ -112,17 +113,28 @@ def artifact_outputs(spec: ModelSpec, path: Path, device: torch.device,
 
 
 def _check_rows(spec: ModelSpec, batches: list[dict], outputs: list[dict]) -> None:
-    """Every output of the artifact holds as many samples as its batch (an AOTInductor artifact
-    of the digits CNN answers any batch with its largest): else the runtime is refused."""
+    """Every output of the artifact holds as many samples as its batch: else the runtime is
+    refused."""
     for batch, answer in zip(batches, outputs):
-        given = len(next(iter(batch.values())))
-        for name, value in answer.items():
-            if len(value) != given:
-                raise ExportError(
-                    f"{spec.source}: the {spec.serving.runtime} artifact answers a batch of "
-                    f"{given} with {len(value)} rows of `{name}`: it fixed the batch size it was "
-                    "compiled at. Nothing was written. Serve it with another runtime (onnx), or "
-                    "eager.")
+        mismatch = row_mismatch(batch, answer)
+        if mismatch:
+            raise _fixed_batch(spec, *mismatch)
+
+
+def row_mismatch(batch: dict, answer: dict) -> tuple[int, int, str] | None:
+    """(samples given, rows answered, output) for the first output whose row count is not the
+    batch's. torch 2.13's AOTInductor compiles conv -> flatten -> linear (the digits CNN) for the
+    example's batch alone: it answers any batch with that many rows, past the input's end."""
+    given = len(next(iter(batch.values())))
+    return next(((given, len(value), name) for name, value in answer.items()
+                 if len(value) != given), None)
+
+
+def _fixed_batch(spec: ModelSpec, given: int, rows: int, name: str) -> ExportError:
+    return ExportError(f"{spec.source}: the {spec.serving.runtime} artifact answers a batch of "
+                       f"{given} with {rows} rows of `{name}`: it fixed the batch size it was "
+                       "compiled at. Nothing was written. Serve it with another runtime (onnx), "
+                       "or eager.")
 
 
 def _quantized(spec: ModelSpec, runtime: Runtime, wrapper: nn.Module, example: list[Tensor],
@@ -250,14 +262,28 @@ def _artifact_outputs(spec: ModelSpec, runtime: Runtime, path: Path, device: tor
     if not runtime.checked_in_child:
         exported = load_exported(spec, path, device, target_device=device.type)
         try:
-            return [[exported(case) for case in cases] for cases in inputs]
+            outputs = [[exported(case) for case in cases] for cases in inputs]
         except Exception as err:  # noqa: BLE001 - fails on an input the spec allows
             raise _refusal(spec, "the exported artifact fails on an input the spec allows (a "
                                  "golden case at another batch size or length)", err) from err
+        for cases, answers in zip(inputs, outputs):
+            _check_rows(spec, cases, answers)
+        return outputs
     exchange = path.parent / "check.pt"
     torch.save({"spec": spec_to_dict(spec), "inputs": inputs, "device": str(device)}, exchange)
-    child = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(exchange)],
-                           capture_output=True, text=True, timeout=1800)
+    child = _run_child(spec, runtime, path, exchange, check_inputs=True)
+    if child.returncode == _FAILED_EXIT and _SIZE_ONE_ASSUMED in child.stdout:
+        # AOTInductor's input check assumes every dynamic dimension is at least 2 (torch.export's
+        # 0/1 specialization), yet its code computes size 1 correctly: run unchecked, and the
+        # comparison with eager that follows judges it.
+        child = _run_child(spec, runtime, path, exchange, check_inputs=False)
+    if child.returncode == _ROWS_EXIT:
+        given, rows, name = json.loads(child.stdout.strip().splitlines()[-1])
+        raise _fixed_batch(spec, given, rows, name)
+    if child.returncode == _FAILED_EXIT:
+        given, error = json.loads(child.stdout.strip().splitlines()[-1])
+        raise _refusal(spec, f"the exported artifact fails on a batch of {given}, which the spec "
+                             "allows", error)
     if child.returncode != 0:
         crash = f"signal {-child.returncode}" if child.returncode < 0 else f"exit {child.returncode}"
         detail = " ".join(child.stderr.strip().splitlines()[-3:])[:400]
@@ -269,18 +295,54 @@ def _artifact_outputs(spec: ModelSpec, runtime: Runtime, path: Path, device: tor
     return outputs
 
 
-_CHILD = """
-import sys, torch
+def _run_child(spec: ModelSpec, runtime: Runtime, path: Path, exchange: Path, *,
+               check_inputs: bool) -> subprocess.CompletedProcess:
+    """The artifact on the golden cases in a child process. `check_inputs`: AOTInductor's
+    artifact checks each input's sizes against those it was compiled for and raises; unchecked,
+    an artifact that fixed a dimension reads and writes past its buffers for any other size
+    (torch 2.13 fixes the digits CNN's batch: the heap corrupted, the child hung)."""
+    env = {**os.environ, "AOTI_RUNTIME_CHECK_INPUTS": "1" if check_inputs else "0"}
+    try:
+        return subprocess.run([sys.executable, "-c", _CHILD, str(path), str(exchange)],
+                              capture_output=True, text=True, timeout=_CHILD_SECONDS, env=env)
+    except subprocess.TimeoutExpired as err:
+        raise ExportError(f"{spec.source}: the {runtime.name} artifact did not answer its golden "
+                          f"cases within {_CHILD_SECONDS} s. Nothing was written. Serve it with "
+                          "serving.runtime: eager, onnx or torchscript.") from err
+
+
+# Loading and running its golden cases takes seconds; past this the artifact is hung.
+_CHILD_SECONDS = 600
+_SIZE_ONE_ASSUMED = "expected it to be >= 2, but got: 1"
+_ROWS_EXIT = 3  # the child's exit status for an answer with the wrong number of rows
+_FAILED_EXIT = 4  # for an input the artifact raised on
+
+# An artifact answering the wrong number of rows has read and written past its buffers: the child
+# exits at once, before a corrupted heap crashes it or hangs its OpenMP threads.
+_CHILD = f"""
+import json, os, sys, torch
 from pathlib import Path
 from handlers.runtimes import load_exported
 from handlers.spec import parse_spec
+from scripts.export import row_mismatch
 path, exchange = Path(sys.argv[1]), sys.argv[2]
 data = torch.load(exchange, weights_only=True)
 device = torch.device(data["device"])
 exported = load_exported(parse_spec(data["spec"]), path, device, target_device=device.type)
 cpu = lambda v: [t.cpu() for t in v] if isinstance(v, list) else v.cpu()
-torch.save([[{k: cpu(v) for k, v in exported(case).items()} for case in cases]
-            for cases in data["inputs"]], exchange)
+def answer(case):
+    try:
+        outputs = exported(case)
+    except Exception as err:
+        print(json.dumps([len(next(iter(case.values()))), f"{{type(err).__name__}}: {{err}}"]),
+              flush=True)
+        os._exit({_FAILED_EXIT})
+    mismatch = row_mismatch(case, outputs)
+    if mismatch:
+        print(json.dumps(mismatch), flush=True)
+        os._exit({_ROWS_EXIT})
+    return {{k: cpu(v) for k, v in outputs.items()}}
+torch.save([[answer(case) for case in cases] for cases in data["inputs"]], exchange)
 """
 
 
@@ -293,9 +355,19 @@ def _moved(value: Tensor | list[Tensor], device: torch.device) -> Tensor | list[
     return [t.to(device) for t in value] if isinstance(value, list) else value.to(device)
 
 
-def _refusal(spec: ModelSpec, what: str, err: Exception) -> MarError:
-    reason = " ".join(str(err).split())[:600] or type(err).__name__
+def _refusal(spec: ModelSpec, what: str, err: Exception | str) -> MarError:
+    """`err`: the exception, or its `Type: message` as a child process printed it."""
+    described = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    reason = " ".join(described.split())[:600]
     return ExportError(f"{spec.source}: serving.runtime {spec.serving.runtime}: {what}: "
-                    f"{type(err).__name__}: {reason}. Nothing was written. Serve it with "
-                    "serving.runtime: eager, which runs the definition as written.")
+                       f"{reason}. Nothing was written. {_fallback(spec)}")
+
+
+def _fallback(spec: ModelSpec) -> str:
+    """The runtime to serve with instead (static int8 has no eager form: ONNX Runtime's is
+    calibrated the same way)."""
+    if spec.serving.precision == "int8" and spec.serving.precision_settings.mode == "static" \
+            and spec.serving.runtime != "onnx":
+        return "Serve it with serving.runtime: onnx, whose static int8 is calibrated the same way."
+    return "Serve it with serving.runtime: eager, which runs the definition as written."
 

@@ -25,6 +25,9 @@ def add_build(commands) -> None:
     sub.add_argument("--format", choices=["mar", "folder"], default="mar", dest="archive_format",
                      help="mar: one zip file; folder: TorchServe's no-archive layout, which it "
                      "links instead of extracting (fastest start from a shared model store)")
+    sub.add_argument("--suggest", action="store_true", help="instead: build and time every "
+                     "precision and runtime this host runs, and print the fastest that passes "
+                     "its accuracy gate (nothing is written to the model store)")
 
 
 def _cmd_build(args) -> int:
@@ -33,10 +36,39 @@ def _cmd_build(args) -> int:
     if args.weights and len(args.specs) > 1:
         raise UsageError(f"--weights applies to one spec, but {len(args.specs)} were given. "
                        "Build them one at a time, or put each weights path in its spec.")
+    if args.suggest:
+        return _suggest(args.specs)
     export_path = args.export_path or read_config(args.config).model_store
     for spec in args.specs:
         _print_build(build_archive(spec, weights=args.weights, export_path=export_path,
                                    archive_format=args.archive_format))
+    return 0
+
+
+def _suggest(specs: list[Path]) -> int:
+    import yaml
+
+    from handlers.precision import host_isa
+    from scripts.precision.suggest import sample_settings, spec_lines, suggest
+
+    isa = host_isa()
+    for spec in specs:
+        print(f"{spec} on this host ({isa['cpu_capability']}: {' '.join(isa['flags'])}):")
+        candidates = suggest(spec)
+        base = next((c for c in candidates if c.label == "fp32 eager" and c.outcome == "ok"), None)
+        for c in candidates:
+            if c.outcome != "ok":
+                print(f"  {c.label:<18} {c.outcome}")
+                continue
+            ratio = f"{c.samples_per_s / base.samples_per_s:5.2f}x fp32 eager" if base else ""
+            print(f"  {c.label:<18} {c.ms_per_batch:8.3g} ms/batch {c.samples_per_s:9.0f} "
+                  f"samples/s {ratio}  build {c.build_s:5.1f} s  gate: {c.gate}")
+        best = next((c for c in candidates if c.outcome == "ok"), None)
+        if best is None:
+            print("  nothing built here")
+            continue
+        print(f"fastest that passes its gate: {best.label}. In the spec:\n"
+              f"{spec_lines(best, sample_settings(yaml.safe_load(spec.read_text())))}")
     return 0
 
 

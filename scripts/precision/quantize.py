@@ -29,6 +29,7 @@ def aoti_static(spec: ModelSpec, wrapper: nn.Module, example: list[Tensor], dyna
                 calibration: list[Batch], path: Path, export: Callable) -> None:
     """The wrapper quantized with pt2e (calibrated on `calibration`), compiled by `export` (the
     AOTInductor exporter) to `path`."""
+    _quiet_torchao_import()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
 
@@ -74,6 +75,23 @@ def onnx_static(spec: ModelSpec, wrapper: nn.Module, example: list[Tensor], dyna
                     activation_type=QuantType.QUInt8)
     fp32.unlink()
     prepared.unlink()
+
+
+def _quiet_torchao_import() -> None:
+    """Import torchao without its warnings about its CUDA-only kernels (mxfp8, CUTLASS), which a
+    CPU build of torch cannot load and the X86 path does not use, and about an enum it registers
+    the way torch 2.13 deprecates."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.ERROR)
+    try:
+        import torchao  # noqa: F401
+    finally:
+        for each, level in zip(loggers, levels):
+            each.setLevel(level)
 
 
 def separate_module_calls(graph: torch.fx.GraphModule) -> None:

@@ -8,11 +8,13 @@ artifact the same way)."""
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
+from handlers.records import BUILD_RECORD_FILE, BuildRecord
 from scripts.build import build_archive
 from scripts.client import TorchServeClient, oip_outputs, oip_request
 from scripts.examples.digits import load_split, train
@@ -61,7 +63,11 @@ def test_int8_and_bf16_serve_the_held_back_digits_as_fp32_does(torchserve, built
             client.unregister(name, check=False)
 
 
-def test_an_aoti_int8_artifact_that_fixes_its_batch_size_is_refused(built, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_an_aoti_artifact_that_fixes_its_batch_size_is_refused(built, tmp_path, precision):
+    """torch 2.13's AOTInductor compiles the digits CNN (conv -> flatten -> linear) for the
+    example's batch alone; the artifact's own input check turns what would be a read past its
+    buffers (a heap corrupted, the build's check hung) into the build's refusal."""
     from handlers.errors import ExportError
 
     model, _ = built
@@ -70,11 +76,18 @@ def test_an_aoti_int8_artifact_that_fixes_its_batch_size_is_refused(built, tmp_p
     for i in range(16):
         np.save(tmp_path / "calibration" / f"{i:03d}.npy", SPLIT.train_images[i])
     data = digits_spec_data(weights="digits.pt")
-    data["serving"] = {**data["serving"], "runtime": "aoti",
-                       "precision": {"dtype": "int8", "calibration": {"files": "calibration"}}}
-    with pytest.raises(ExportError, match="answers a batch of 1 with 16 rows of `output`: it "
-                                          "fixed the batch size it was compiled at"):
+    chosen = {"dtype": "int8", "calibration": {"files": "calibration"}} if precision == "int8" \
+        else "fp32"
+    data["serving"] = {**data["serving"], "runtime": "aoti", "precision": chosen}
+    fix = "onnx" if precision == "int8" else "eager"
+    with pytest.raises(ExportError, match=r"fails on a batch of 1, which the spec allows: "
+                                          r"RuntimeError: .*expected: 16, but got: 1\. Nothing "
+                                          rf"was written\. Serve it with serving.runtime: {fix}"):
         build_archive(write_spec(tmp_path, data), export_path=tmp_path / "store")
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+    data["serving"]["runtime"] = fix  # the fix the message names
+    assert build_archive(write_spec(tmp_path, data), export_path=tmp_path / "store").archive.exists()
 
 
 def test_bf16_without_bf16_units_serves_and_warns_once(built):
@@ -85,3 +98,46 @@ def test_bf16_without_bf16_units_serves_and_warns_once(built):
     assert "verify: OK" in output and "accuracy at build: bf16 vs fp32 eager" in output
     quiet = run_mar("verify", archives["digits_bf16"])  # this CPU has the units
     assert "emulated" not in quiet.stdout + quiet.stderr
+
+
+def test_suggest_ranks_what_passes_and_its_spec_lines_build(built, tmp_path):
+    """`mar build --suggest`'s answer, written into the spec as printed, builds; a candidate that
+    fails its gate is listed with its figures, not suggested."""
+    import yaml
+
+    from scripts.precision.suggest import sample_settings, spec_lines, suggest
+
+    model, _ = built
+    save_weights(model, tmp_path / "digits.pt")
+    (tmp_path / "calibration").mkdir()
+    for i in range(32):
+        np.save(tmp_path / "calibration" / f"{i:03d}.npy", SPLIT.train_images[i])
+    data = digits_spec_data(weights="digits.pt")
+    data["serving"] = {**data["serving"], "runtime": "onnx", "precision": {
+        "dtype": "int8", "calibration": {"files": "calibration"}}}
+    spec = write_spec(tmp_path, data)
+    strict = {**data, "serving": {**data["serving"], "precision": {
+        **data["serving"]["precision"], "accept": {"max_rel_error": 0.0}}}}
+    tried = suggest(spec, seconds=0.3, candidates=[("eager", "fp32"), ("eager", "bf16"),
+                                                   ("onnx", "int8")])
+    passed = [c for c in tried if c.outcome == "ok"]
+    assert {c.label for c in passed} == {"fp32 eager", "bf16 eager", "int8 onnx"}
+    assert [c.samples_per_s for c in passed] == sorted((c.samples_per_s for c in passed),
+                                                       reverse=True)
+    assert all(c.ms_per_batch > 0 for c in passed)
+    assert "top1_agreement 1" in next(c for c in passed if c.label == "int8 onnx").gate
+
+    best = passed[0]
+    chosen = yaml.safe_load(spec_lines(best, sample_settings(data)))["serving"]
+    data["serving"].update(chosen)
+    archive = build_archive(write_spec(tmp_path, data), export_path=tmp_path / "store").archive
+    with zipfile.ZipFile(archive) as packed:
+        record = BuildRecord.from_bytes(packed.read(BUILD_RECORD_FILE), str(archive))
+    assert (record.runtime or {"name": "eager"})["name"] == best.runtime
+    assert (record.precision or {}).get("dtype", "fp32") == best.precision
+
+    spec.write_text(yaml.safe_dump(strict))  # no error at all: reduced precision cannot pass
+    refused = {c.label: c.outcome for c in suggest(spec, seconds=0.3, candidates=[
+        ("eager", "bf16"), ("eager", "fp32")])}
+    assert refused["fp32 eager"] == "ok"
+    assert "fails its accuracy gate: max_rel_error" in refused["bf16 eager"]
