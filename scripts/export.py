@@ -220,8 +220,10 @@ def export_onnx(spec: ModelSpec, program, example: list[Tensor], path: Path) -> 
 def export_aoti(spec: ModelSpec, program, example: list[Tensor], path: Path) -> None:
     import torch._inductor.config as inductor
 
-    # Freezing folds the weights into the graph and prepacks them for oneDNN's convolutions.
-    with inductor.patch(freezing=True):
+    # Freezing folds the weights into the graph and prepacks them for oneDNN's convolutions (and
+    # fuses static int8's quantize/dequantize into int8 kernels). Inductor freezes only with grad
+    # off: under grad mode it compiled fp32 convolutions, and int8 ran as fake quantization.
+    with inductor.patch(freezing=True), torch.no_grad():
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
 
 

@@ -141,3 +141,29 @@ def test_suggest_ranks_what_passes_and_its_spec_lines_build(built, tmp_path):
         ("eager", "bf16"), ("eager", "fp32")])}
     assert refused["fp32 eager"] == "ok"
     assert "fails its accuracy gate: max_rel_error" in refused["bf16 eager"]
+
+
+def test_static_int8_aoti_runs_int8_kernels(tmp_path):
+    """The AOTInductor artifact calls oneDNN's int8 kernels: compiled under grad mode, Inductor
+    skipped freezing and the quantize/dequantize pairs ran around fp32 layers, slower than fp32."""
+    from model_defs import create_model
+
+    torch.manual_seed(0)
+    save_weights(create_model("mlp", in_features=16, hidden_sizes=[64, 64], out_features=4),
+                 tmp_path / "mlp.pt")
+    (tmp_path / "calibration").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        np.save(tmp_path / "calibration" / f"{i:03d}.npy", rng.standard_normal(16, np.float32))
+    spec = write_spec(tmp_path, {
+        "name": "mlp_int8", "version": "1.0", "arch": "mlp",
+        "params": {"in_features": 16, "hidden_sizes": [64, 64], "out_features": 4},
+        "weights": "mlp.pt", "input": {"shape": [16]},
+        "serving": {"batch_size": 4, "runtime": "aoti", "precision": {
+            "dtype": "int8", "calibration": {"files": "calibration"}}}})
+    archive = build_archive(spec, export_path=tmp_path / "store", archive_format="folder").archive
+    with zipfile.ZipFile(archive / "model.pt2") as package:
+        wrapper = "".join(package.read(name).decode() for name in package.namelist()
+                          if name.endswith(".wrapper.cpp"))
+    assert "qlinear_pointwise" in wrapper
+    assert "aoti_torch_cpu_addmm" not in wrapper  # no fp32 matmul left
