@@ -27,7 +27,7 @@ Outputs = dict[str, np.ndarray | list[np.ndarray]]  # one request's rows per out
 Rows = np.ndarray | list[np.ndarray]  # (n, ...) rows, or n per-sample arrays
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per request of every batch: no frozen dataclass's setattr calls
 class _Member:
     request: int
     part: Part
@@ -57,17 +57,31 @@ class Batcher:
         cap = self.spec.serving.batch_size
         members = [(index, piece) for index, parts in enumerate(requests) for part in parts
                    for piece in _pieces(part, cap)]
+        if self._one_pass(members, cap):
+            return [self._batch(members)]
         if self.spec.io.batching == "list" or self.spec.io.attention_mask:
             keys = [0] * len(members)  # all together
         else:
             keys = [tuple(part[name].shape[1:] for name in self.inputs) for _, part in members]
         groups: dict[object, list[list[tuple[int, Part]]]] = {}
+        filled: dict[object, int] = {}  # rows in each group's last chunk
         for key, member in zip(keys, members):
             chunks = groups.setdefault(key, [[]])
-            if _rows(chunks[-1]) + len(next(iter(member[1].values()))) > cap:
+            rows = len(next(iter(member[1].values())))
+            if filled.get(key, 0) + rows > cap:
                 chunks.append([])
+                filled[key] = 0
             chunks[-1].append(member)
+            filled[key] = filled.get(key, 0) + rows
         return [self._batch(chunk) for chunks in groups.values() for chunk in chunks]
+
+    def _one_pass(self, members: list[tuple[int, Part]], cap: int) -> bool:
+        """Whether the members make one forward pass as they are: the common case of a full
+        batch of same-shaped requests, decided without grouping."""
+        if len(members) > cap or self.spec.io.batching == "list":
+            return False
+        shapes = {tuple(array.shape[1:] for array in part.values()) for _, part in members}
+        return len(shapes) == 1 and sum(len(next(iter(p.values()))) for _, p in members) <= cap
 
     def _batch(self, chunk: list[tuple[int, Part]]) -> Batch:
         """One forward pass: stacked (padded to the longest when they differ), or as lists."""
@@ -138,10 +152,6 @@ def _pieces(part: Part, cap: int) -> list[Part]:
         return [part]
     return [{name: array[start:start + cap] for name, array in part.items()}
             for start in range(0, rows, cap)]
-
-
-def _rows(members: list[tuple[int, Part]]) -> int:
-    return sum(len(next(iter(part.values()))) for _, part in members)
 
 
 def _cut(ndim: int, axes: tuple[int, ...], lengths: list[int], offset: int) -> tuple:

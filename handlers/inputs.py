@@ -31,12 +31,17 @@ class InputCodec:
         self.mask = spec.io.attention_mask
         self.kinds: dict[str, TensorKind] = {
             i.name: kind_of(spec, i, files_dir, contract=self.describe) for i in spec.inputs}
+        # a model of one input and no mask: a request's value needs no matching with others
+        self._only = spec.inputs[0].name if len(spec.inputs) == 1 and not self.mask else None
 
     def parts(self, values: dict[str, Any], *, label: str | None = None,
               batched: bool = False) -> list[Part]:
         """The request's samples as parts. `values` maps input names to raw values, each one
         sample or a list of samples (always a list when `batched`); `label` names the value in
         messages for one-input requests (e.g. "`inputs`")."""
+        if self._only is not None and len(values) == 1 and self._only in values:
+            return _runs({self._only: self.samples(self._only, values[self._only],
+                                                   batched=batched, label=label)}, [self._only])
         self._check_names(values)
         samples = {name: self.samples(name, value, batched=batched,
                                       label=label if len(self.inputs) == 1 else None)

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import psutil
-import torch
 from torch import Tensor
 
 from handlers.batching import Batch, Batcher
@@ -32,13 +31,17 @@ from handlers.device import input_dtype
 from handlers.guard import Refusal, forward_failure, guarded
 from handlers.inputs import InputCodec
 from handlers.metrics import BatchClock, HandlerMetrics
+from handlers.predictions import Predictions, softmax
 from handlers.protocols import Answer, Decoded, Protocols, error_reply
 from handlers.records import FILES_DIR
+from handlers.short_path import ShortPath
 from handlers.spec import ModelSpec
 from handlers.startup import ArchiveModel, load_archive_model, worker_report
 from handlers.worker_report import WorkerReport
 
 __all__ = ["ModelHandler", "handle"]
+
+_PROBABILITIES = "<class probabilities>"  # beside the outputs from forward pass to request
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,9 @@ class ModelHandler:
         self.spec: ModelSpec | None = None
         self.loaded: ArchiveModel | None = None
         self._protocols: Protocols | None = None
+        self._short_path: ShortPath | None = None
         self._batcher: Batcher | None = None
+        self._classified: str | None = None  # the output the spec's labels name
         self._metrics = HandlerMetrics()
 
     def initialize(self, context) -> None:
@@ -83,8 +88,7 @@ class ModelHandler:
     def handle(self, requests: list[dict], context) -> list[bytes]:
         """Answer one TorchServe batch: a response body per request, in order."""
         clock = BatchClock()
-        decoded = [guarded(lambda: self.decode_request(request, _headers(context, idx)), "decoding")
-                   for idx, request in enumerate(requests)]
+        decoded = self._decoded(requests, [_headers(context, idx) for idx in range(len(requests))])
         accepted = [d for d in decoded if isinstance(d, Decoded)]
         clock.lap("decode")
         answers = iter(self._answers(accepted))
@@ -114,7 +118,8 @@ class ModelHandler:
                 accepted: list[Decoded]) -> list[Answer]:
         """Each accepted request's rows of every output, with their predictions (or, for an
         output of class ids, the ids as the spec's label names)."""
-        rows = self._batcher.split(batches, outputs, len(accepted))
+        rows = self._batcher.split(batches, [self._with_probabilities(o) for o in outputs],
+                                   len(accepted))
         return [self._answer(request_rows) for request_rows in rows]
 
     def encode_response(self, request: Decoded | Refusal, answer: Answer | Refusal, idx: int,
@@ -130,6 +135,15 @@ class ModelHandler:
         for key, value in reply.headers.items():
             context.set_response_header(idx, key, value)
         return reply.body
+
+    def _decoded(self, requests: list[dict], headers: list[dict[str, Any]]) -> list[Decoded | Refusal]:
+        """Every request decoded: all at once on the short path (handlers/short_path.py) when the
+        batch is the common case, else each by itself, its problem its own refusal."""
+        together = self._short_path.decode(requests, headers) if self._short_path else None
+        if together is not None:
+            return together
+        return [guarded(lambda: self.decode_request(request, request_headers), "decoding")
+                for request, request_headers in zip(requests, headers)]
 
     def _answers(self, accepted: list[Decoded]) -> list[Answer | Refusal]:
         """An Answer per accepted request. When the shared forward pass fails, each request runs
@@ -152,18 +166,32 @@ class ModelHandler:
         from model_defs import create_processor
 
         self.spec, self.loaded = loaded.spec, loaded
+        self._classified = self.spec.io.classified_output
         processor = create_processor(self.spec.processor, files_dir) if self.spec.processor else None
         codec = InputCodec(self.spec, files_dir)
         self._protocols = Protocols(self.spec, codec, processor)
+        self._short_path = ShortPath(self.spec, self._protocols) \
+            if ShortPath.applies(self.spec, self._protocols, processor) else None
         dtypes = {i.name: input_dtype(self.spec, i) for i in self.spec.inputs}
         self._batcher = Batcher(self.spec, loaded.device, dtypes,
                                 {name: kind.pad_value for name, kind in codec.kinds.items()})
 
+    def _with_probabilities(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The labelled output's class probabilities beside the outputs, one softmax for the
+        whole forward pass, split with them (none for an output of class ids)."""
+        output = self._classified
+        if output is None or _holds_class_ids(outputs[output]):
+            return outputs
+        return {**outputs, _PROBABILITIES: softmax(outputs[output])}
+
     def _answer(self, rows: dict[str, Any]) -> Answer:
-        output = self.spec.io.classified_output
-        if output is not None and _holds_class_ids(rows[output]):
+        probabilities = rows.pop(_PROBABILITIES, None)
+        if probabilities is not None:
+            return Answer(rows, Predictions(probabilities, self.spec.labels, self.spec.io.top_k))
+        output = self._classified
+        if output is not None:  # class ids, as names
             return Answer({**rows, output: self._names(rows[output])}, None)
-        return Answer(rows, self._predictions(rows))
+        return Answer(rows, None)
 
     def _names(self, ids: Any) -> Any:
         """Class ids as the spec's label names (an id past the list stays its number)."""
@@ -173,30 +201,11 @@ class ModelHandler:
         return np.array([labels[i] if 0 <= i < len(labels) else str(i) for i in ids.reshape(-1)],
                         dtype=object).reshape(ids.shape)
 
-    def _predictions(self, rows: dict[str, Any]) -> list[dict[str, Any]] | None:
-        """Label, probability and class probabilities (the top `top_k`, or all) per sample of the
-        labelled output (float32 kept as float32, so the JSON carries 9 digits, not 17)."""
-        output = self.spec.io.classified_output
-        if output is None:
-            return None
-        logits = rows[output]
-        logits = np.stack(logits) if isinstance(logits, list) else logits
-        probabilities = torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)),
-                                      dim=-1).numpy()
-        labels, top_k = self.spec.labels, self.spec.io.top_k
-        predictions = []
-        for row in probabilities:
-            order = np.argsort(-row, kind="stable")[:top_k] if top_k else range(len(labels))
-            best = int(row.argmax())
-            predictions.append({"label": labels[best], "probability": row[best],
-                                "probabilities": {labels[i]: row[i] for i in order}})
-        return predictions
 
-
-def _holds_class_ids(value: Any) -> bool:
+def _holds_class_ids(value: Tensor | list[Tensor]) -> bool:
     """An output of integer class ids (a detector's `labels`), not scores to softmax."""
     first = value[0] if isinstance(value, list) and value else value
-    return isinstance(first, np.ndarray) and first.dtype.kind in "iu"
+    return isinstance(first, Tensor) and not first.is_floating_point()
 
 
 def _headers(context, idx: int) -> dict[str, Any]:

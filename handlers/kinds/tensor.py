@@ -71,7 +71,8 @@ class TensorKind:
             return self._batched(value, what, batched)
         if is_binary(value):
             return [self._from_bytes(self.binary(value, what), what)]
-        if isinstance(value, list) and value and all(is_binary(v) for v in value):
+        if isinstance(value, list) and value and is_binary(value[0]) and all(
+                is_binary(v) for v in value):
             return [self._from_bytes(self.binary(v, what), what) for v in value]
         try:
             array = np.asarray(value, dtype=self.dtype)
@@ -80,6 +81,35 @@ class TensorKind:
                 return [self._one_sample(v, what) for v in value]  # ragged samples
             raise RequestError(f"{what} is not a numeric array ({err}); {self.contract()}") from None
         return self._batched(array, what, batched)
+
+    def one_sample_each(self, values: list, *, batched: bool) -> np.ndarray | None:
+        """Many requests' values as one (n, ...) array when each is exactly one valid sample of
+        this fixed-shape input; else None, and each value goes through `samples`, which says what
+        is wrong with it. The same conversion and rules as `samples`, in one numpy call for all
+        requests instead of several per request. `batched`: the values are arrays with a batch
+        dimension (v2 tensors), else nested lists (our JSON)."""
+        if self.input.dynamic:
+            return None
+        shape = (len(values), *self.input.shape)
+        try:
+            if batched:
+                if not all(isinstance(v, np.ndarray) and v.dtype == self.dtype and len(v) == 1
+                           for v in values):
+                    return None
+                rows = np.concatenate(values)
+            else:
+                if not all(isinstance(v, list) for v in values):  # bytes, b64: their own path
+                    return None
+                rows = np.asarray(values, dtype=self.dtype)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if rows.shape != shape:
+            return None
+        try:
+            self.check(rows, "")
+        except RequestError:
+            return None
+        return rows
 
     def check(self, rows: Rows, what: str) -> None:
         """The kind's rule for values: floats must be finite."""
@@ -197,7 +227,7 @@ def is_b64(value: Any) -> bool:
 
 
 def is_binary(value: Any) -> bool:
-    return isinstance(value, (bytes, bytearray)) or is_b64(value)
+    return isinstance(value, (bytes, bytearray)) or (isinstance(value, dict) and is_b64(value))
 
 
 def _raw_dtype(model_input: InputSpec) -> np.dtype:

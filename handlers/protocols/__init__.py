@@ -21,7 +21,7 @@ from handlers.protocols.oip import OIPBinary, OIPJSON
 from handlers.protocols.ours import OursJSON, OursMultipart, OursRawImage
 from handlers.spec import ModelSpec
 
-__all__ = ["Answer", "Reply", "Decoded", "Protocols", "PROTOCOLS", "error_reply"]
+__all__ = ["Answer", "Reply", "Decoded", "Protocols", "PROTOCOLS", "Request", "error_reply"]
 
 # Order matters: forms told apart by headers first, then JSON bodies, OIP's tensor lists before
 # our {"inputs": ...}, which they also match.
@@ -40,8 +40,12 @@ class Protocols:
         """One TorchServe request (its body or fields, and its headers) as parts plus the way to
         answer it. Raises RequestError."""
         incoming = Request(request, headers)
-        for protocol in self.protocols:
-            if protocol.matches(incoming):
-                return protocol.decode(incoming)
-        incoming.payload  # raises the JSON error for a body that is not JSON
-        raise RequestError(f'expected a JSON object {{"inputs": ...}}; {self.codec.describe()}')
+        protocol = self.route(incoming)
+        if protocol is None:
+            incoming.payload  # raises the JSON error for a body that is not JSON
+            raise RequestError(f'expected a JSON object {{"inputs": ...}}; {self.codec.describe()}')
+        return protocol.decode(incoming)
+
+    def route(self, request: Request) -> Protocol | None:
+        """The protocol that decodes `request`: the first whose `matches` accepts it."""
+        return next((p for p in self.protocols if p.matches(request)), None)

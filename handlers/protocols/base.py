@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -13,16 +12,18 @@ import orjson
 
 from handlers.errors import RequestError
 from handlers.inputs import InputCodec, Part
+from handlers.predictions import Predictions
 from handlers.spec import ModelSpec
 
-__all__ = ["Request", "Answer", "Reply", "Decoded", "Protocol", "error_reply", "json_reply"]
+__all__ = ["Request", "Answer", "Reply", "Decoded", "Encoder", "Protocol", "error_reply",
+           "json_reply"]
 
 
 @dataclass(frozen=True)
 class Answer:
     """One request's share of a batch: its rows of every output, and its predictions."""
     outputs: dict[str, Any]  # output name -> (n, ...) array, or a list of arrays per sample
-    predictions: list[dict[str, Any]] | None  # per sample, with labels
+    predictions: Predictions | None  # of the labelled output
 
 
 @dataclass(frozen=True)
@@ -44,49 +45,63 @@ class Request:
     same worker without saying which was called, so the protocols tell them apart from these."""
 
     def __init__(self, request: dict, headers: dict[str, Any]) -> None:
-        self.fields = {k: v for k, v in request.items() if k not in ("body", "data")}
         self.body = request.get("body", request.get("data"))
+        self.fields = {} if len(request) == 1 and self.body is not None else {
+            k: v for k, v in request.items() if k not in ("body", "data")}
         self.headers = headers
         self.content_type = str((headers.get("body") or headers.get("data") or {}).get(
             "content-type", "")).split(";")[0].strip().lower()
+        self._lowered: dict[str, str] | None = None
+        self._parsed: tuple[Any, RequestError | None] | None = None
 
     def header(self, name: str) -> str | None:
         """A top-level header's value, by its lower-case name."""
-        return next((str(v) for k, v in self.headers.items()
-                     if k.lower() == name and isinstance(v, str)), None)
+        if self._lowered is None:
+            self._lowered = {k.lower(): v for k, v in self.headers.items() if isinstance(v, str)}
+        return self._lowered.get(name)
 
-    @cached_property
-    def _parsed(self) -> tuple[Any, RequestError | None]:
-        """The JSON body, or why it is not JSON: parsed once, whichever protocol asks (a
-        property that raised would parse again at every ask)."""
-        if not isinstance(self.body, (bytes, bytearray, str)):
-            return self.body, None  # parsed already by TorchServe
-        try:
-            return orjson.loads(self.body), None
-        except orjson.JSONDecodeError as err:
-            return None, RequestError(f"request body is not valid JSON ({err}); send UTF-8 JSON "
-                                      '(no NaN or Infinity) with {"inputs": ...}')
+    def _parse(self) -> tuple[Any, RequestError | None]:
+        """The JSON body, or why it is not JSON: parsed once, whichever protocol asks."""
+        if self._parsed is None:
+            if not isinstance(self.body, (bytes, bytearray, str)):
+                self._parsed = self.body, None  # parsed already by TorchServe
+            else:
+                try:
+                    self._parsed = orjson.loads(self.body), None
+                except orjson.JSONDecodeError as err:
+                    self._parsed = None, RequestError(
+                        f"request body is not valid JSON ({err}); send UTF-8 JSON (no NaN or "
+                        'Infinity) with {"inputs": ...}')
+        return self._parsed
 
     @property
     def payload(self) -> Any:
         """The parsed JSON body. Raises RequestError."""
-        payload, error = self._parsed
+        payload, error = self._parse()
         if error is not None:
             raise error
         return payload
 
     @property
     def is_json(self) -> bool:
-        return self._parsed[1] is None
+        return self._parse()[1] is None
 
     def object_with(self, key: str) -> bool:
         """Whether the body is a JSON object with `key`."""
-        return self.is_json and isinstance(self.payload, dict) and key in self.payload
+        payload, error = self._parse()
+        return error is None and isinstance(payload, dict) and key in payload
+
+
+Encoder = Callable[[Answer], Reply]
 
 
 class Protocol:
     """One request protocol: `matches` looks at a request, `decode` turns it into parts and the
-    way to answer it. Raises RequestError naming the rule a request breaks."""
+    way to answer it. Raises RequestError naming the rule a request breaks.
+
+    A protocol that the short path takes (handlers/short_path.py) also has `values`: the
+    request's values by input name, before the input kinds check and convert them, and its
+    encoder; its `decode` is `values` followed by the codec's parts."""
 
     def __init__(self, spec: ModelSpec, codec: InputCodec, processor: Any = None) -> None:
         self.spec, self.codec, self.processor = spec, codec, processor

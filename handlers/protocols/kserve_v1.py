@@ -51,4 +51,4 @@ class KServeV1(Protocol):
             return json_reply({"predictions": rows})
         if not isinstance(rows[0], dict):
             rows = [{"outputs": row} for row in rows]
-        return json_reply({"predictions": [{**p, **row} for p, row in zip(answer.predictions, rows)]})
+        return json_reply({"predictions": [{**p, **row} for p, row in zip(answer.predictions.per_sample(), rows)]})

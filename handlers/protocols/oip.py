@@ -13,14 +13,14 @@ are tensors too.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 
 from handlers.errors import RequestError
-from handlers.protocols.base import Answer, Decoded, Protocol, Reply, Request, json_reply
+from handlers.protocols.base import (Answer, Decoded, Encoder, Protocol, Reply, Request,
+                                     json_reply)
 from handlers.protocols.oip_wire import (BINARY_HEADER, DATATYPES, bytes_items, parameters,
                                          split_binary, tensor_entry)
 
@@ -30,7 +30,21 @@ _LABEL_TENSORS = ("label", "probability", "probabilities")
 
 
 class _OIP(Protocol):
+    batched = True  # a tensor holds a request's samples along its first dimension
+    label = None
+
     def tensors(self, payload: Any, binary: bytes) -> Decoded:
+        values, encode = self.tensor_values(payload, binary)
+        parts = self.codec.parts(values, batched=True)
+        samples = sum(len(next(iter(part.values()))) for part in parts)
+        if self.spec.io.per_sample and samples > 1:
+            raise RequestError(f"the request holds {samples} samples; this model's outputs differ "
+                               "in size from sample to sample, and a v2 tensor has one shape, so "
+                               "send one sample per v2 request (they are batched together)")
+        return Decoded(parts, encode)
+
+    def tensor_values(self, payload: Any, binary: bytes) -> tuple[dict[str, Any], Encoder]:
+        """The request's tensors by input name, as arrays, and its encoder."""
         if not isinstance(payload, dict):
             raise RequestError(f"a v2 request is a JSON object, got {type(payload).__name__}")
         parameters(payload, "the request")
@@ -46,13 +60,7 @@ class _OIP(Protocol):
         if offset != len(binary):
             raise RequestError(f"the binary part holds {len(binary)} bytes after the JSON header "
                                f"but the inputs' binary_data_size add up to {offset}")
-        parts = self.codec.parts(values, batched=True)
-        samples = sum(len(next(iter(part.values()))) for part in parts)
-        if self.spec.io.per_sample and samples > 1:
-            raise RequestError(f"the request holds {samples} samples; this model's outputs differ "
-                               "in size from sample to sample, and a v2 tensor has one shape, so "
-                               "send one sample per v2 request (they are batched together)")
-        return Decoded(parts, self._encoder(payload))
+        return values, self._encoder(payload)
 
     def _tensor(self, tensor: dict, binary: bytes, offset: int) -> tuple[str, Any, int]:
         name = tensor.get("name")
@@ -89,7 +97,7 @@ class _OIP(Protocol):
                                f"strings but its shape {shape} holds {count}")
         return kind.bytes_elements(items, name)
 
-    def _encoder(self, payload: dict) -> Callable[[Answer], Reply]:
+    def _encoder(self, payload: dict) -> Encoder:
         requested = _requested(payload.get("outputs"), self._names())
         binary_default = bool(parameters(payload, "the request").get("binary_data_output"))
         request_id = payload.get("id")
@@ -127,19 +135,17 @@ class _OIP(Protocol):
             elif isinstance(value, list):  # cannot happen for one rectangular v2 request
                 raise RequestError(f"output {name!r} has rows of different lengths")
             tensors.append((name, value))
-        if answer.predictions:
-            predictions = answer.predictions
-            tensors.append(("label", np.array([p["label"] for p in predictions], dtype=object)))
-            tensors.append(("probability", np.array([p["probability"] for p in predictions],
-                                                    dtype=np.float32)))
-            tensors.append(("probabilities", np.array(
-                [list(p["probabilities"].values()) for p in predictions], dtype=np.float32)))
+        if answer.predictions is not None:
+            tensors += answer.predictions.tensors()
         return tensors
 
 
 class OIPBinary(_OIP):
     def matches(self, request: Request) -> bool:
         return request.header(BINARY_HEADER) is not None and isinstance(request.body, (bytes, bytearray))
+
+    def values(self, request: Request) -> tuple[dict[str, Any], Encoder]:
+        return self.tensor_values(*split_binary(bytes(request.body), request.header(BINARY_HEADER)))
 
     def decode(self, request: Request) -> Decoded:
         return self.tensors(*split_binary(bytes(request.body), request.header(BINARY_HEADER)))

@@ -70,8 +70,11 @@ def bytes_items(data: bytes, name: str) -> list[bytes]:
     return items
 
 
+_DATATYPE_NAMES = {np.dtype(v): k for k, v in DATATYPES.items()}
+
+
 def datatype_of(dtype: np.dtype) -> str:
-    return next(k for k, v in DATATYPES.items() if np.dtype(v) == dtype)
+    return _DATATYPE_NAMES[dtype]
 
 
 def tensor_entry(name: str, array: np.ndarray, chunks: list[bytes] | None) -> dict:

@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 
 from handlers.errors import RequestError
-from handlers.protocols.base import Answer, Decoded, Protocol, Reply, Request, json_reply
+from handlers.protocols.base import (Answer, Decoded, Encoder, Protocol, Reply, Request,
+                                     json_reply)
 
 __all__ = ["OursJSON", "OursMultipart", "OursRawImage"]
 
@@ -43,7 +44,7 @@ class _Ours(Protocol):
             outputs = outputs[self.output_names[0]]  # one output: its rows
         body: dict[str, Any] = {"outputs": outputs}
         if answer.predictions is not None:
-            body["predictions"] = answer.predictions
+            body["predictions"] = answer.predictions.per_sample()
         return json_reply(body)
 
 
@@ -91,12 +92,18 @@ class OursRawImage(_Ours):
 
 
 class OursJSON(_Ours):
+    batched = False  # a value is one sample, or a list of samples
+    label = "`inputs`"
+
     def matches(self, request: Request) -> bool:
         return request.object_with("inputs")
 
+    def values(self, request: Request) -> tuple[dict[str, Any], Encoder]:
+        return self.named(request.payload["inputs"]), self.reply
+
     def decode(self, request: Request) -> Decoded:
-        return Decoded(self.codec.parts(self.named(request.payload["inputs"]), label="`inputs`"),
-                       self.reply)
+        values, encode = self.values(request)
+        return Decoded(self.codec.parts(values, label=self.label), encode)
 
 
 def _part_value(name: str, value: Any, content_type: str) -> Any:

@@ -39,7 +39,7 @@ def measure(run: BenchRun) -> dict:
     torch.manual_seed(0)
     torch.save(create_model(spec["arch"], **spec["params"]).state_dict(), folder / "weights.pt")
     batch = spec["serving"]["batch_size"]
-    variants = {f"batch 1": ("det_b1", 1), f"batch {batch}": ("det_batched", batch)}
+    variants = {"batch 1": ("det_b1", 1), f"batch {batch}": ("det_batched", batch)}
     client = TorchServeClient(run.config)
     for name, size in variants.values():
         (folder / f"{name}.yaml").write_text(yaml.safe_dump({

@@ -43,7 +43,7 @@ def judge_precision(spec: ModelSpec, weights_path: Path, served: nn.Module | Non
     reference_model = ModelIO(fp32, build_model(fp32, weights_path, device=torch.device("cpu")).model)
     reference = [reference_model(_as_fp32(batch)) for batch in batches]
     if artifact is not None:
-        from scripts.export import artifact_outputs
+        from scripts.artifact_check import artifact_outputs
 
         outputs = artifact_outputs(spec, artifact, torch.device("cpu"), batches)
     else:

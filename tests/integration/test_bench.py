@@ -33,10 +33,19 @@ def test_build_cold_start_and_memory(tmp_path):
 def test_throughput_and_protocols(tmp_path):
     printed, results = _bench(tmp_path, "--throughput-seconds", "1", "--concurrency", "4",
                               "--parts", "throughput", "protocols")
-    row = results["throughput"]["4"]
-    assert set(row) == {"ours", "stock BaseHandler", "no-op ceiling"}
-    assert all(variant["requests_per_s"] > 0 and variant["failed"] == 0 for variant in row.values())
+    throughput = results["throughput"]
+    assert set(throughput["json"]["4"]) == {"ours", "stock BaseHandler", "forward only",
+                                            "no-op ceiling"}
+    assert set(throughput["binary"]["4"]) == {"ours", "no-op binary v2"}
+    for table in (throughput["json"]["4"], throughput["binary"]["4"]):
+        assert all(v["requests_per_s"] > 0 and v["failed"] == 0 for v in table.values())
     assert "x ceiling" in printed
+    for kind in ("json", "binary"):  # py-spy's samples of our worker, in stages per batch
+        profile = throughput["profile"][kind]
+        assert profile["batches"] > 0 and profile["mean_batch"] >= 1, profile
+        spent = profile["ms_per_batch"]
+        assert spent["forward"] > 0 and spent["decode"] > 0 and spent["TorchServe protocol"] > 0
+    assert "where a batch's time goes in our worker, binary at c=16" in printed
     protocols = results["protocols"]["4"]
     assert set(protocols) == {"JSON tensors", "binary tensors"}
     assert all(v["requests_per_s"] > 0 and v["failed"] == 0 for v in protocols.values())

@@ -7,7 +7,6 @@ artifact the same way)."""
 
 from __future__ import annotations
 
-import json
 import zipfile
 
 import numpy as np

@@ -4,7 +4,6 @@ and every refusal leaving the model store as it was. S3 and HTTPS: tests/integra
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
