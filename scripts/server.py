@@ -49,13 +49,13 @@ class Restored:
 
 
 def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: bool = True,
-                 env: dict[str, str] | None = None) -> Restored:
+                 env: dict[str, str] | None = None, torchserve: Path | None = None) -> Restored:
     """`torchserve --start` in the config's folder, then wait until `/ping` answers Healthy
     (with restored models: until their workers are up).
 
     Restores the models of the newest snapshot unless `restore` is False, each archive's signature
     checked first (scripts/repository/installed.py). `env` adds variables for the server (a
-    private TMPDIR/TEMP, say)."""
+    private TMPDIR/TEMP, say); `torchserve` is another environment's (its workers run there)."""
     client = TorchServeClient(config)
     if client.ping_status() is not None:
         raise ServerError(f"a server already answers at {config.inference_url}. "
@@ -67,7 +67,8 @@ def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: boo
     snapshot = _latest_snapshot(config) if restore else None
     if snapshot:
         startup_config, restored = _restoring_config(config, snapshot)
-    _torchserve("--start", "--ts-config", str(startup_config), cwd=config.workdir, env=env)
+    _torchserve("--start", "--ts-config", str(startup_config), cwd=config.workdir, env=env,
+                executable=torchserve)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if config.key_file.exists() and client.ping_status() == "Healthy" and \
@@ -80,12 +81,12 @@ def start_server(config: ServerConfig, *, timeout_s: float = 300.0, restore: boo
 
 
 def stop_server(config: ServerConfig, *, timeout_s: float = 60.0,
-                env: dict[str, str] | None = None) -> None:
+                env: dict[str, str] | None = None, torchserve: Path | None = None) -> None:
     """`torchserve --stop` (with the `env` it was started with), then wait until the inference
     port stops answering and the server process has exited (it writes logs until it does, so a
     folder removed before then is not empty)."""
     server_pid = _server_pid(env)
-    _torchserve("--stop", cwd=config.workdir, env=env)
+    _torchserve("--stop", cwd=config.workdir, env=env, executable=torchserve)
     client = TorchServeClient(config)
     deadline = time.monotonic() + timeout_s
     while client.ping_status() is not None or _alive(server_pid):
@@ -213,7 +214,8 @@ def _java_found() -> bool:
     return shutil.which("java") is not None
 
 
-def _torchserve(*args: str, cwd, env: dict[str, str] | None = None) -> None:
+def _torchserve(*args: str, cwd, env: dict[str, str] | None = None,
+                executable: Path | None = None) -> None:
     if not _java_found():
         raise ServerError("TorchServe's frontend needs Java 17: `java` is not on PATH and JAVA_HOME "
                        "does not point at one. Install it, "
@@ -223,7 +225,7 @@ def _torchserve(*args: str, cwd, env: dict[str, str] | None = None) -> None:
     output = cwd / "logs" / "torchserve_cli.log"
     output.parent.mkdir(exist_ok=True)
     with output.open("w") as sink:
-        code = subprocess.call([_torchserve_executable(), *args], cwd=cwd, stdout=sink,
+        code = subprocess.call([str(executable or _torchserve_executable()), *args], cwd=cwd, stdout=sink,
                                stderr=subprocess.STDOUT, timeout=120,
                                env={**os.environ, **(env or {})})
     if code != 0:
