@@ -2,9 +2,10 @@
 
     build       builds.py       mar build vs torch-model-archiver vs copying the weights
     cold-start  cold_start.py   register -> first answer, ours vs stock vs TorchServe's floor; memory
-    throughput  throughput.py   the demo CNN under ab: ours vs stock BaseHandler vs a no-op ceiling
+    throughput  throughput.py   the demo CNN under ab and wrk: ours vs stock BaseHandler vs forward only
+                                vs a no-op ceiling, JSON and binary v2; where a batch's time goes
     protocols   protocols.py    the same OIP tensors as JSON and as binary
-    images      images.py       JPEG bodies into ResNet-18
+    images      images.py       JPEG bodies into ResNet-18, ours vs the stock image_classifier
     hostile     hostile.py      valid requests' latency beside 10% hostile ones; a 5 MB text's cost
     repository  repository.py   signed publish and verified pull on loopback S3 vs boto3 + sha256sum
     detection   detection.py    a detector on JPEGs of mixed sizes at batch 1 and at its batch size

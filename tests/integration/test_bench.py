@@ -14,8 +14,21 @@ def _bench(tmp_path, *extra):
     return result.stdout, json.loads(out.read_text())
 
 
-def test_build_cold_start_and_memory(tmp_path):
-    printed, results = _bench(tmp_path, "--throughput-seconds", "0", "--parts", "build", "cold-start")
+LOAD_TOOLS = shutil.which("ab") is not None and shutil.which("wrk") is not None
+needs_load_tools = pytest.mark.skipif(not LOAD_TOOLS,
+                                      reason="ApacheBench (apache2-utils) or wrk not installed")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One `mar bench` run of every part these tests read (one TorchServe for all of them)."""
+    parts = ["build", "cold-start", "hostile"] + (["throughput", "protocols"] if LOAD_TOOLS else [])
+    return _bench(tmp_path_factory.mktemp("bench"), "--throughput-seconds", "1",
+                  "--concurrency", "4", "--parts", *parts)
+
+
+def test_build_cold_start_and_memory(bench):
+    printed, results = bench
     assert set(results["build"]) == {"mar build", "torch-model-archiver (default)",
                                      "torch-model-archiver (zip-store)", "plain copy of the weights",
                                      "cp + sha256sum of the weights"}
@@ -28,11 +41,9 @@ def test_build_cold_start_and_memory(tmp_path):
     assert "x floor" in printed and "x ours" in printed
 
 
-@pytest.mark.skipif(shutil.which("ab") is None or shutil.which("wrk") is None,
-                    reason="ApacheBench (apache2-utils) or wrk not installed")
-def test_throughput_and_protocols(tmp_path):
-    printed, results = _bench(tmp_path, "--throughput-seconds", "1", "--concurrency", "4",
-                              "--parts", "throughput", "protocols")
+@needs_load_tools
+def test_throughput_and_protocols(bench):
+    printed, results = bench
     throughput = results["throughput"]
     assert set(throughput["json"]["4"]) == {"ours", "stock BaseHandler", "forward only",
                                             "no-op ceiling"}
@@ -52,8 +63,8 @@ def test_throughput_and_protocols(tmp_path):
     assert "x JSON" in printed
 
 
-def test_hostile_part(tmp_path):
-    printed, results = _bench(tmp_path, "--throughput-seconds", "1", "--parts", "hostile")
+def test_hostile_part(bench):
+    printed, results = bench
     hostile = results["hostile"]
     for run in ("clean", "mixed"):
         row = hostile["mix"][run]

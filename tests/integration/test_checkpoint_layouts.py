@@ -2,8 +2,8 @@
 a tampered archive never serves."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -40,47 +40,58 @@ def _noise(state_dict):
 def _served_outputs(server, name, images):
     client = TorchServeClient(server.config)
     response = client.predict(name, json.dumps({"inputs": images.tolist()}).encode())
-    assert response.status == 200, response.body
+    assert response.status == 200, (name, response.body)
     return torch.tensor(response.json()["outputs"])
 
 
-def _serves_like_clean(server, spec, name, model):
-    archive = build_archive(spec, export_path=server.config.model_store).archive
-    register_archive(server.config, archive, workers=1)
-    try:
-        images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(7))
-        served = _served_outputs(server, name, images)
-    finally:
-        TorchServeClient(server.config).unregister(name)
+def _all_serve_like_clean(server, specs: dict, model):
+    """Every spec's archive built, registered (their workers start side by side: a worker's
+    start-up is mostly waiting on imports), and answering like `model`, layout by layout."""
+    archives = {name: build_archive(spec, export_path=server.config.model_store).archive
+                for name, spec in specs.items()}
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(7))
     with torch.inference_mode():
-        assert torch.allclose(served, model(images), atol=1e-5)
+        expected = model(images)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        registered = list(pool.map(lambda a: register_archive(server.config, a, workers=1),
+                                   archives.values()))
+    try:
+        wrong = [name for name in specs
+                 if not torch.allclose(_served_outputs(server, name, images), expected, atol=1e-5)]
+    finally:
+        for name in specs:
+            TorchServeClient(server.config).unregister(name, check=False)
+    assert len(registered) == len(specs) and wrong == []
 
 
-@pytest.mark.parametrize("layout", [*LAYOUTS, "safetensors"])
-def test_layout_serves_like_the_clean_state_dict(torchserve, tmp_path, digits_model, layout):
-    name = f"layout_{layout}"
-    if layout == "safetensors":
-        weights, checkpoint = tmp_path / "weights.safetensors", {}
-        save_file(digits_model.state_dict(), str(weights))
-    else:
-        wrap, checkpoint = LAYOUTS[layout]
-        weights = tmp_path / "weights.pt"
-        torch.save(wrap(digits_model.state_dict()), weights)
-    spec = write_spec(tmp_path, digits_spec_data(name=name, weights=weights.name,
-                                                 **({"checkpoint": checkpoint} if checkpoint else {})))
-    _serves_like_clean(torchserve, spec, name, digits_model)
+def test_every_layout_serves_like_the_clean_state_dict(torchserve, tmp_path, digits_model):
+    specs = {}
+    for layout in [*LAYOUTS, "safetensors"]:
+        folder, name = tmp_path / layout, f"layout_{layout}"
+        folder.mkdir()
+        if layout == "safetensors":
+            weights, checkpoint = folder / "weights.safetensors", {}
+            save_file(digits_model.state_dict(), str(weights))
+        else:
+            wrap, checkpoint = LAYOUTS[layout]
+            weights = folder / "weights.pt"
+            torch.save(wrap(digits_model.state_dict()), weights)
+        specs[name] = write_spec(folder, digits_spec_data(
+            name=name, weights=weights.name, **({"checkpoint": checkpoint} if checkpoint else {})))
+    _all_serve_like_clean(torchserve, specs, digits_model)
 
 
-@pytest.mark.parametrize("project", PUBLIC_LAYOUTS)
 def test_public_projects_checkpoints_serve_with_at_most_one_spec_line(torchserve, tmp_path,
-                                                                      digits_model, project):
-    layout = PUBLIC_LAYOUTS[project]
-    layout.write(digits_model, tmp_path / layout.filename)
-    name = f"public_{project}"
-    spec = write_spec(tmp_path, digits_spec_data(
-        name=name, weights=layout.filename,
-        **({"checkpoint": layout.spec_line} if layout.spec_line else {})))
-    _serves_like_clean(torchserve, spec, name, digits_model)
+                                                                      digits_model):
+    specs = {}
+    for project, layout in PUBLIC_LAYOUTS.items():
+        folder, name = tmp_path / project, f"public_{project}"
+        folder.mkdir()
+        layout.write(digits_model, folder / layout.filename)
+        specs[name] = write_spec(folder, digits_spec_data(
+            name=name, weights=layout.filename,
+            **({"checkpoint": layout.spec_line} if layout.spec_line else {})))
+    _all_serve_like_clean(torchserve, specs, digits_model)
 
 
 def test_tampered_archive_never_serves(torchserve, tmp_path, digits_model):

@@ -18,6 +18,7 @@ import psutil
 import pytest
 import torch
 
+from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from tests.helpers import digits_spec_data, save_weights, write_spec
 from tests.integration.conftest import ServerUnderTest
@@ -41,7 +42,8 @@ def server(module_server):
 
 @pytest.fixture
 def two_versions(server, tmp_path, digits_model):
-    """digits_cnn 1.0 and 2.0 built into the server's store (2.0 with other weights)."""
+    """digits_cnn 1.0 and 2.0 built into the server's store (2.0 with other weights), by the
+    code `mar build` runs, in this process (a `mar` process per build imports torch again)."""
     save_weights(digits_model, tmp_path / "v1.pt")
     torch.manual_seed(99)
     other = type(digits_model)().eval()
@@ -49,7 +51,7 @@ def two_versions(server, tmp_path, digits_model):
     for version, weights in (("1.0", "v1.pt"), ("2.0", "v2.pt")):
         spec = write_spec(tmp_path, digits_spec_data(version=version, weights=weights),
                           f"v{version}.yaml")
-        server.mar("build", spec)
+        build_archive(spec, export_path=server.config.model_store)
     store = server.config.model_store
     return store / "digits_cnn-1.0.mar", store / "digits_cnn-2.0.mar", digits_model, other
 

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from scripts.build import build_archive
 from scripts.client import TorchServeClient
 from tests.helpers import digits_spec_data, save_weights, write_spec
 
@@ -54,7 +55,7 @@ def test_build_register_predict_unregister(torchserve, digits_spec, digits_model
 
 
 def test_malformed_requests_do_not_fail_their_batch(torchserve, digits_spec, digits_model):
-    torchserve.mar("build", digits_spec)
+    build_archive(digits_spec, export_path=torchserve.config.model_store)
     torchserve.mar("register", torchserve.config.model_store / "digits_cnn-1.0.mar")
     client = TorchServeClient(torchserve.config)
     torch.manual_seed(4)
@@ -78,7 +79,7 @@ def test_malformed_requests_do_not_fail_their_batch(torchserve, digits_spec, dig
 
 
 def test_body_that_is_not_json_gets_a_400_from_the_handler(torchserve, digits_spec):
-    torchserve.mar("build", digits_spec)
+    build_archive(digits_spec, export_path=torchserve.config.model_store)
     torchserve.mar("register", torchserve.config.model_store / "digits_cnn-1.0.mar")
     client = TorchServeClient(torchserve.config)
     try:
@@ -99,7 +100,7 @@ def test_worker_failure_is_reported_and_its_registration_removed(torchserve, tmp
     save_weights(digits_model, tmp_path / "digits.pt")
     data = digits_spec_data(name="needs_gpu", weights="digits.pt")
     data["serving"]["device"] = "gpu"
-    torchserve.mar("build", write_spec(tmp_path, data))
+    build_archive(write_spec(tmp_path, data), export_path=torchserve.config.model_store)
     result = torchserve.mar("register", torchserve.config.model_store / "needs_gpu-1.0.mar", check=False)
     assert result.returncode == 1
     # TorchServe keeps a zero-worker registration or drops it, depending on timing: either way
@@ -129,7 +130,7 @@ def test_registration_from_a_url_is_refused(torchserve):
 
 
 def test_prometheus_metrics_carry_the_handlers_own_figures(torchserve, digits_spec):
-    torchserve.mar("build", digits_spec)
+    build_archive(digits_spec, export_path=torchserve.config.model_store)
     torchserve.mar("register", torchserve.config.model_store / "digits_cnn-1.0.mar")
     client = TorchServeClient(torchserve.config)
     scrape = lambda: _prometheus_samples(_metrics_text(torchserve), 'ModelName="digits_cnn"')
