@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Precision", "PRECISIONS", "INT8_MODES", "GATE_METRICS", "SampleSet",
            "PrecisionSettings", "parse_precision", "precision_key", "precision_named", "host_isa",
-           "check_artifact_host", "warn_if_emulated", "dynamic_int8"]
+           "check_artifact_host", "runs_natively", "warn_if_emulated", "dynamic_int8"]
 
 logger = logging.getLogger(__name__)
 
@@ -189,11 +189,17 @@ def check_artifact_host(built_on: dict | None, runtime_label: str, where: str) -
 _warned: set[str] = set()
 
 
+def runs_natively(precision: str) -> bool:
+    """Whether this host's CPU has units for `precision` (fp32 and fp16 need none named)."""
+    units = PRECISIONS[precision].cpu_units
+    return not units or bool(set(units) & set(host_isa()["flags"]))
+
+
 def warn_if_emulated(precision: str) -> str | None:
     """Once per process: a precision this CPU has no units for runs emulated, slower than fp32.
     Returns the warning (None when the host runs it natively)."""
     units = PRECISIONS[precision].cpu_units
-    if not units or set(units) & set(host_isa()["flags"]) or precision in _warned:
+    if runs_natively(precision) or precision in _warned:
         return None
     _warned.add(precision)
     message = (f"{precision} is emulated on this CPU (it has none of {', '.join(units)}): expect "

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from handlers.errors import MarError
-from handlers.precision import PRECISIONS, host_isa
+from handlers.precision import PRECISIONS, runs_natively
 from handlers.spec import load_spec
 from scripts.build import build_archive
 from scripts.verify import env_without_repository
@@ -71,12 +71,11 @@ def suggest(spec_path: Path, *, seconds: float = 3.0,
     load_spec(spec_path)  # a spec with a problem says so before anything is built
     raw = yaml.safe_load(spec_path.read_text())
     samples = sample_settings(raw)
-    flags = set(host_isa()["flags"])
     tried = []
     with tempfile.TemporaryDirectory(prefix="mar-suggest-") as scratch:
         for runtime, precision in candidates:
-            units = PRECISIONS[precision].cpu_units
-            if units and not flags & set(units):
+            if not runs_natively(precision):
+                units = PRECISIONS[precision].cpu_units
                 tried.append(Candidate(runtime, precision, f"not here: this CPU has none of "
                                                          f"{', '.join(units)}"))
                 continue

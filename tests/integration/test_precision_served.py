@@ -23,14 +23,19 @@ from tests.helpers import digits_spec_data, run_mar, save_weights, write_spec
 SPLIT = load_split()
 
 
+def _weights_and_calibration(folder, model, count: int) -> None:
+    """digits.pt and `count` training digits in calibration/, beside a spec in `folder`."""
+    save_weights(model, folder / "digits.pt")
+    (folder / "calibration").mkdir()
+    for i in range(count):
+        np.save(folder / "calibration" / f"{i:03d}.npy", SPLIT.train_images[i])
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, torchserve):
     folder = tmp_path_factory.mktemp("precision")
     model = train(SPLIT, digits_spec_data()["params"], epochs=8)
-    save_weights(model, folder / "digits.pt")
-    (folder / "calibration").mkdir()
-    for i in range(64):
-        np.save(folder / "calibration" / f"{i:03d}.npy", SPLIT.train_images[i])
+    _weights_and_calibration(folder, model, 64)
     archives = {}
     for name, precision, runtime in (
             ("digits_int8", {"dtype": "int8", "calibration": {"files": "calibration"}}, "onnx"),
@@ -70,10 +75,7 @@ def test_an_aoti_artifact_that_fixes_its_batch_size_is_refused(built, tmp_path, 
     from handlers.errors import ExportError
 
     model, _ = built
-    save_weights(model, tmp_path / "digits.pt")
-    (tmp_path / "calibration").mkdir()
-    for i in range(16):
-        np.save(tmp_path / "calibration" / f"{i:03d}.npy", SPLIT.train_images[i])
+    _weights_and_calibration(tmp_path, model, 16)
     data = digits_spec_data(weights="digits.pt")
     chosen = {"dtype": "int8", "calibration": {"files": "calibration"}} if precision == "int8" \
         else "fp32"
@@ -90,7 +92,7 @@ def test_an_aoti_artifact_that_fixes_its_batch_size_is_refused(built, tmp_path, 
 
 
 def test_bf16_without_bf16_units_serves_and_warns_once(built):
-    from handlers.precision import PRECISIONS, host_isa
+    from handlers.precision import runs_natively
 
     _, archives = built
     result = run_mar("verify", archives["digits_bf16"], env={"ATEN_CPU_CAPABILITY": "avx2"})
@@ -98,8 +100,7 @@ def test_bf16_without_bf16_units_serves_and_warns_once(built):
     assert output.count("bf16 is emulated on this CPU") == 1, output
     assert "verify: OK" in output and "accuracy at build: bf16 vs fp32 eager" in output
     here = run_mar("verify", archives["digits_bf16"])  # warned here only if this CPU lacks them
-    has_units = bool(set(PRECISIONS["bf16"].cpu_units) & set(host_isa()["flags"]))
-    assert ("emulated" in here.stdout + here.stderr) is not has_units
+    assert ("emulated" in here.stdout + here.stderr) is not runs_natively("bf16")
 
 
 def test_suggest_ranks_what_passes_and_its_spec_lines_build(built, tmp_path):
@@ -107,14 +108,11 @@ def test_suggest_ranks_what_passes_and_its_spec_lines_build(built, tmp_path):
     fails its gate is listed with its figures, not suggested."""
     import yaml
 
-    from handlers.precision import PRECISIONS, host_isa
+    from handlers.precision import runs_natively
     from scripts.precision.suggest import sample_settings, spec_lines, suggest
 
     model, _ = built
-    save_weights(model, tmp_path / "digits.pt")
-    (tmp_path / "calibration").mkdir()
-    for i in range(32):
-        np.save(tmp_path / "calibration" / f"{i:03d}.npy", SPLIT.train_images[i])
+    _weights_and_calibration(tmp_path, model, 32)
     data = digits_spec_data(weights="digits.pt")
     data["serving"] = {**data["serving"], "runtime": "onnx", "precision": {
         "dtype": "int8", "calibration": {"files": "calibration"}}}
@@ -126,7 +124,7 @@ def test_suggest_ranks_what_passes_and_its_spec_lines_build(built, tmp_path):
     passed = [c for c in tried if c.outcome == "ok"]
     native = {"fp32 eager"} | {label for label, precision in (("bf16 eager", "bf16"),
                                                               ("int8 onnx", "int8"))
-                               if set(PRECISIONS[precision].cpu_units) & set(host_isa()["flags"])}
+                               if runs_natively(precision)}
     assert {c.label for c in passed} == native  # the others: "not here: this CPU has none of"
     assert all(c.outcome.startswith("not here: this CPU has none of") for c in tried
                if c.label not in native)
